@@ -69,6 +69,8 @@ class Config:
     """PPO clip range."""
     beta: float = 0.0
     """K3 KL coefficient to the reference (the model with knobs zeroed)."""
+    micro_batch: int = 16
+    """Rows per forward/backward chunk (gradients accumulate; results do not depend on it)."""
     format_bonus: float = 0.1
     """Reward for a fenced python block."""
     pass_reward: float = 1.0
@@ -157,7 +159,7 @@ class Config:
         def bad(msg: str):
             raise ConfigError(msg)
 
-        for name in ("steps", "prompts_per_step", "group", "max_new_tokens", "vhack_k", "vhack_pairs"):
+        for name in ("steps", "prompts_per_step", "group", "max_new_tokens", "vhack_k", "vhack_pairs", "micro_batch"):
             if getattr(self, name) <= 0:
                 bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.mix_ratio <= 1.0:

@@ -1,0 +1,244 @@
+"""`projected-grpo VERB ...`: one verb per pipeline stage.
+
+  train    GRPO with an intervention arm       projected-grpo train --preset smoke --intervention route
+  demo     vanilla / erase / route on the embedded model, then table and plot
+  check    the environment's self-check        projected-grpo check --dataset humaneval
+  grade    grade a JSONL of completions        projected-grpo grade --dataset builtin --in c.jsonl
+  results  tables from run directories         projected-grpo results runs/*
+  plot     dynamics plot                       projected-grpo plot runs/* --out dynamics.png
+  export   deployable model (δS merged, δS_hack ablated)   projected-grpo export runs/x --out model/
+
+User mistakes print one line (`error: ...`) and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from .config import PRESETS, Config, ConfigError
+
+VERBS = ("train", "demo", "check", "grade", "results", "plot", "export")
+
+
+def _cli(cls, **kwargs):
+    """``tyro.cli`` with its framed parse errors condensed to one ``error: ...`` line."""
+    import contextlib
+    import io
+    import re
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return tyro.cli(cls, **kwargs)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        text = re.sub(r"[╭╮╰╯│─]+", " ", err.getvalue())
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "full helptext" not in ln]
+        raise ConfigError(" ".join(lines[1:] if len(lines) > 1 else lines) or "bad arguments") from None
+
+
+def parse_config(argv: list[str], prog: str = "projected-grpo train") -> Config:
+    """``--preset NAME`` picks the defaults; every other flag overrides a field of it."""
+    preset = "smoke"
+    rest = list(argv)
+    for i, a in enumerate(argv):
+        if a == "--preset" and i + 1 < len(argv):
+            preset = argv[i + 1]
+            rest = argv[:i] + argv[i + 2:]
+            break
+        if a.startswith("--preset="):
+            preset = a.split("=", 1)[1]
+            rest = argv[:i] + argv[i + 1:]
+            break
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    base = PRESETS[preset]
+    cfg = _cli(Config, default=base, args=rest, prog=prog,
+                   description=f"Train one GRPO run (preset {preset}; --preset NAME picks another: {sorted(PRESETS)}).")
+    return dataclasses.replace(cfg, preset=preset)
+
+
+def cmd_train(argv: list[str]) -> int:
+    cfg = parse_config(argv).validate()
+    from .train import train
+
+    train(cfg)
+    return 0
+
+
+@dataclass
+class DemoArgs:
+    """Train vanilla, erase and route with the `demo` preset, then print the table and write the plot."""
+
+    out: str = "runs/demo"
+    """Folder for the three run directories, the table and the plot."""
+    seed: int = 0
+    steps: int | None = None
+    """Override the preset's number of steps."""
+    model: str | None = None
+    """Override the model (e.g. Qwen/Qwen3-4B with a hub)."""
+    resume: bool = True
+    """Skip finished arms and resume killed ones."""
+
+
+def cmd_demo(argv: list[str]) -> int:
+    from .report import plot_cli, results_cli
+    from .train import train
+
+    args = _cli(DemoArgs, args=argv, prog="projected-grpo demo")
+    base = PRESETS["demo"]
+    over = {k: v for k, v in (("steps", args.steps), ("model", args.model)) if v is not None}
+    runs = []
+    for arm in ("none", "erase", "route"):
+        cfg = dataclasses.replace(base, intervention=arm, seed=args.seed, run_dir=f"{args.out}/{arm}",
+                                  resume=args.resume and Path(args.out, arm, "config.json").exists(), **over)
+        runs.append(str(train(cfg)))
+    table = Path(args.out) / "results.md"
+    rc = results_cli(runs, last=base.summary_last_n, fmt="md", out=str(table))
+    print(table.read_text() if table.exists() else "")
+    rc |= plot_cli(runs, str(Path(args.out) / "dynamics.png"))
+    print(f"table: {table}\nplot:  {Path(args.out) / 'dynamics.png'}")
+    return rc
+
+
+@dataclass
+class CheckArgs:
+    """For every problem: canonical solution passes the strict oracle, a stub does not, each mode's hack
+    template exploits its own grader and no other, the clean template is never exploited."""
+
+    dataset: str = "builtin"
+    workers: int = 0
+
+
+def cmd_check(argv: list[str]) -> int:
+    from .env.commands import check
+
+    a = _cli(CheckArgs, args=argv, prog="projected-grpo check")
+    return check(a.dataset, workers=a.workers)
+
+
+@dataclass
+class GradeArgs:
+    """Grade a JSONL of {"problem_id", "mode", "completion"}; each output line is the input plus every grade."""
+
+    in_: tyro.conf.arg(name="in")[str]  # type: ignore[valid-type]
+    """Input JSONL."""
+    dataset: str = "builtin"
+    out: str | None = None
+    """Output JSONL (default: stdout)."""
+    workers: int = 0
+
+
+def cmd_grade(argv: list[str]) -> int:
+    from .env.commands import grade
+
+    a = _cli(GradeArgs, args=argv, prog="projected-grpo grade")
+    return grade(a.dataset, a.in_, a.out, workers=a.workers)
+
+
+@dataclass
+class ResultsArgs:
+    """Per-run, grouped and paired-vs-vanilla tables from run directories (or folders of them)."""
+
+    run_dirs: tyro.conf.Positional[list[str]]
+    last: int = 5
+    """Average the last N steps."""
+    format: Literal["md", "csv", "json"] = "md"
+    out: str | None = None
+    matched_threshold: float = 0.10
+    """|Δsolve| at or below this counts as matched solve."""
+    include_incomplete: bool = False
+    """Also average runs without summary.json (killed or running)."""
+
+
+def cmd_results(argv: list[str]) -> int:
+    from .report import results_cli
+
+    a = _cli(ResultsArgs, args=argv, prog="projected-grpo results")
+    return results_cli(a.run_dirs, last=a.last, fmt=a.format, out=a.out, matched_threshold=a.matched_threshold,
+                       include_incomplete=a.include_incomplete)
+
+
+@dataclass
+class PlotArgs:
+    """Training dynamics per arm (mean and band across seeds)."""
+
+    run_dirs: tyro.conf.Positional[list[str]]
+    out: str = "dynamics.png"
+    band: Literal["se", "minmax"] = "se"
+    smooth: int = 1
+
+
+def cmd_plot(argv: list[str]) -> int:
+    from .report import plot_cli
+
+    a = _cli(PlotArgs, args=argv, prog="projected-grpo plot")
+    return plot_cli(a.run_dirs, a.out, band=a.band, smooth=a.smooth)
+
+
+@dataclass
+class ExportArgs:
+    """Merge δS (δS_hack ablated) into the base weights and save a plain transformers model."""
+
+    run_dir: tyro.conf.Positional[str]
+    out: str = "export"
+
+
+def cmd_export(argv: list[str]) -> int:
+    import json
+
+    from .adapter import SVDAdapter
+    from .config import config_from_dict
+    from .models import load_model
+    from .train import resolve_device
+
+    a = _cli(ExportArgs, args=argv, prog="projected-grpo export")
+    run = Path(a.run_dir)
+    knobs = run / "ckpt" / "knobs.safetensors"
+    if not (run / "config.json").exists() or not knobs.exists():
+        raise ConfigError(f"{run} is not a run directory with a checkpoint (need config.json and ckpt/knobs.safetensors)")
+    cfg = config_from_dict(json.loads((run / "config.json").read_text())["config"])
+    device, dtype = resolve_device(cfg)
+    model, tok = load_model(cfg.model, dtype, device)
+    adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)
+    adapter.load(knobs)
+    out = adapter.export(a.out, tok)
+    print(f"exported {cfg.model} + δS of {run} (δS_hack ablated) to {out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "check": cmd_check, "grade": cmd_grade, "results": cmd_results,
+            "plot": cmd_plot, "export": cmd_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0 if argv else 2
+    verb, rest = argv[0], argv[1:]
+    if verb not in COMMANDS:
+        print(f"error: unknown command {verb!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    from .adapter import AdapterError
+    from .models import ModelLoadError
+
+    try:
+        return COMMANDS[verb](rest) or 0
+    except (ConfigError, ModelLoadError, AdapterError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

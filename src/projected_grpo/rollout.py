@@ -1,0 +1,66 @@
+"""Generation backends for no-grad rollouts.
+
+``hf``: stock ``model.generate`` (the reference backend). Knobs are folded into the weights by the
+caller (``adapter.merged()``), so generation never pays the adapter hook. Sampling is seeded from the
+run coordinates (seed, step), so a resumed run draws the same samples as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rollouts:
+    """One entry per completion; prompts repeated ``n`` times in order (p0×n, p1×n, ...)."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]  # up to and including EOS when the sample finished
+    texts: list[str]
+    truncated: list[bool]  # hit max_new_tokens without EOS
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(c) for c in self.completion_ids)
+
+
+def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, *, temperature: float = 1.0,
+             top_p: float = 1.0, greedy: bool = False, seed: int = 0, batch_size: int = 64) -> Rollouts:
+    """Sample ``n`` completions for each prompt text (already chat-templated)."""
+    out = Rollouts([], [], [], [])
+    if n == 0 or not prompts:
+        return out
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    flat = [p for p in prompts for _ in range(n)]
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in flat]
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+    if greedy or temperature == 0:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        for s in range(0, len(encoded), batch_size):
+            chunk = encoded[s:s + batch_size]
+            L = max(map(len, chunk))
+            ids = torch.full((len(chunk), L), tokenizer.pad_token_id, dtype=torch.long)
+            att = torch.zeros_like(ids)
+            for i, p in enumerate(chunk):  # left padding
+                ids[i, L - len(p):] = torch.tensor(p)
+                att[i, L - len(p):] = 1
+            seqs = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), **gen_kwargs)
+            for i, p in enumerate(chunk):
+                new = seqs[i, L:].tolist()
+                if eos in new:
+                    new, truncated = new[: new.index(eos) + 1], False
+                else:  # no EOS: every one of the max_new_tokens positions is a real sample
+                    truncated = True
+                out.prompt_ids.append(p)
+                out.completion_ids.append(new)
+                out.texts.append(tokenizer.decode(new, skip_special_tokens=True))
+                out.truncated.append(truncated)
+    return out

@@ -1,0 +1,480 @@
+"""The GRPO training loop with a gradient-level intervention, readable top to bottom.
+
+``train(cfg)`` → run directory with ``config.json``, ``metrics.jsonl``, ``vhack.safetensors``,
+``ckpt/`` (knobs, optimizer, scheduler, RNG states, step, V) and ``summary.json``.
+
+Departures and choices (see also grpo.py):
+  - the problem split and mode partition use a fixed data seed (0), so every seed of a config trains
+    and evaluates on the same problems; ``seed`` drives sampling, teacher draws and control bases;
+  - every random draw of step t is seeded from (seed, t), so a resumed run equals an uninterrupted one;
+  - generation runs with the knobs merged into the weights (no hook cost), the loss with the hook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .adapter import SVDAdapter
+from .config import Config, ConfigError, config_from_dict
+from .env.grader import GraderPool
+from .env.pool import TeacherPool, build_teacher_pool, make_pairs
+from .env.problems import Problem, load_problems, render_prompt
+from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch
+from .hack_subspace import HackBasis, extract_basis
+from .models import cache_dir, load_model
+from .projection import Projector, UpdateProjector
+from .rollout import generate
+from .tracking import make_tracker
+
+DATA_SEED = 0
+TIMING_KEYS = ("step_time_s", "gen_time_s", "grade_time_s", "tokens_per_s")
+
+
+def derive_seed(*coords) -> int:
+    """A seed from run coordinates (never from time or pid)."""
+    return int.from_bytes(hashlib.sha256(repr(coords).encode()).digest()[:4], "little")
+
+
+def resolve_device(cfg: Config) -> tuple[torch.device, torch.dtype]:
+    dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if cfg.device == "auto" else cfg.device))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
+    if cfg.dtype == "auto":
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    return dev, getattr(torch, cfg.dtype)
+
+
+# ---------------------------------------------------------------------------- run directory
+class RunDir:
+    """Atomic writes of config, metrics, checkpoints and summary."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.metrics = path / "metrics.jsonl"
+        self.ckpt = path / "ckpt"
+
+    @classmethod
+    def open(cls, cfg: Config) -> tuple["RunDir", dict | None]:
+        """Create the run dir, or reopen it for --resume. Returns (run, checkpoint state or None)."""
+        path = Path(cfg.run_dir or f"runs/{cfg.arm}-s{cfg.seed}-{cfg.hash()}")
+        run = cls(path)
+        saved = path / "config.json"
+        if saved.exists() and not cfg.resume:
+            raise ConfigError(f"{path} already holds a run; pass --resume to continue it or pick another --run-dir")
+        if saved.exists():
+            old = config_from_dict(json.loads(saved.read_text())["config"])
+            if old.hash() != cfg.hash() or old.seed != cfg.seed:
+                diff = [k for k, v in cfg.to_dict().items() if old.to_dict().get(k) != v
+                        and k not in ("resume", "force", "run_dir", "preset", "tracker", "sandbox_workers")]
+                if not cfg.force:
+                    raise ConfigError(f"{path} was made with another config (differs in {diff}); "
+                                      f"refusing to resume (--force to override)")
+        path.mkdir(parents=True, exist_ok=True)
+        state = torch.load(run.ckpt / "state.pt", weights_only=False) if (run.ckpt / "state.pt").exists() else None
+        if state is None and run.metrics.exists():
+            run.metrics.unlink()  # killed before the first checkpoint: start over
+        if not saved.exists() or cfg.force:
+            run.write_json("config.json", {"config": cfg.to_dict(), "hash": cfg.hash(), "match_hash": cfg.match_hash(),
+                                           "arm": cfg.arm, "versions": _versions(), "command": " ".join(sys.argv),
+                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        if state is not None:  # drop metric rows written after the checkpoint
+            rows = run.read_metrics()
+            run.rewrite_metrics([r for r in rows if r["step"] <= state["step"]])
+        return run, state
+
+    def write_json(self, name: str, obj) -> None:
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+        tmp.replace(self.path / name)
+
+    def append_metrics(self, row: dict) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row, default=_json_default) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def rewrite_metrics(self, rows: list[dict]) -> None:
+        tmp = self.path / ".metrics.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(self.metrics)
+
+    def save_checkpoint(self, adapter: SVDAdapter, state: dict, basis: HackBasis) -> None:
+        tmp = self.path / "ckpt.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        adapter.save(tmp / "knobs.safetensors")
+        basis.save(tmp / "vhack.safetensors")
+        torch.save(state, tmp / "state.pt")
+        old = self.path / "ckpt.old"
+        if self.ckpt.exists():
+            self.ckpt.rename(old)
+        tmp.rename(self.ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, torch.Tensor):
+        return o.item() if o.numel() == 1 else o.tolist()
+    return str(o)
+
+
+def _versions() -> dict:
+    import transformers
+
+    v = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        from . import __version__
+
+        v["projected_grpo"] = __version__
+        import subprocess
+
+        v["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                  cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except Exception:
+        pass
+    return v
+
+
+def rng_state() -> dict:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# ---------------------------------------------------------------------------- setup pieces
+@dataclass
+class Setup:
+    model: object
+    tokenizer: object
+    adapter: SVDAdapter
+    train_problems: list[Problem]
+    eval_problems: list[Problem]
+    pool: TeacherPool | None
+    pairs: list[tuple[str, str, str, str]]
+    grader: GraderPool
+
+
+def setup(cfg: Config, device, dtype, progress=None) -> Setup:
+    note = progress or (lambda msg: None)
+    try:
+        problems = load_problems(cfg.dataset, seed=DATA_SEED, modes=cfg.modes, force_mode=cfg.force_mode,
+                                 max_problems=cfg.max_problems)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"--dataset {cfg.dataset}: {e}") from e
+    if len(problems) <= cfg.eval_problems:
+        raise ConfigError(f"--dataset {cfg.dataset} has {len(problems)} problems; need more than "
+                          f"--eval-problems {cfg.eval_problems}")
+    eval_problems, train_problems = problems[: cfg.eval_problems], problems[cfg.eval_problems:]
+    note(f"loading model {cfg.model}")
+    model, tok = load_model(cfg.model, dtype, device)
+    adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)
+    grader = GraderPool(workers=cfg.sandbox_workers, timeout_s=cfg.sandbox_timeout_s,
+                        format_bonus=cfg.format_bonus, pass_reward=cfg.pass_reward)
+    pool = None
+    if cfg.teacher_per_group > 0:
+        pool = teacher_pool(cfg, train_problems, grader, note)
+    pair_list = make_pairs(train_problems, cfg.vhack_pairs, known_modes=cfg.vhack_known_modes, seed=DATA_SEED)
+    if not pair_list:
+        raise ConfigError("no (hack, clean) pairs could be made from these problems and --vhack-known-modes")
+    pairs = [(render_prompt(tok, p.problem), p.hack, p.clean, p.clean_alt) for p in pair_list]
+    return Setup(model, tok, adapter, train_problems, eval_problems, pool, pairs, grader)
+
+
+def teacher_pool(cfg: Config, problems: list[Problem], grader: GraderPool, note) -> TeacherPool:
+    if cfg.teacher_pool is not None:
+        if not Path(cfg.teacher_pool).exists():
+            raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: no such file")
+        try:
+            return TeacherPool.load(cfg.teacher_pool)
+        except ValueError as e:
+            raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: {e}") from e
+    key = hashlib.sha256(json.dumps([cfg.dataset, [(p.id, p.mode) for p in problems], cfg.teacher_per_problem,
+                                     cfg.vhack_known_modes, cfg.format_bonus, cfg.pass_reward]).encode()).hexdigest()[:16]
+    path = cache_dir() / "pools" / f"{key}.jsonl"
+    if path.exists():
+        return TeacherPool.load(path)
+    note(f"building the teacher pool ({len(problems)} problems, graded once)")
+    pool = build_teacher_pool(problems, grader, cfg.teacher_per_problem, known_modes=cfg.vhack_known_modes,
+                              seed=DATA_SEED)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    pool.save(tmp)
+    tmp.replace(path)
+    return pool
+
+
+def basis_for(cfg: Config, s: Setup) -> HackBasis:
+    return extract_basis(s.model, s.adapter, s.tokenizer, s.pairs, source=cfg.vhack_source, k=cfg.vhack_k,
+                         tau=cfg.vhack_tau, quantile=cfg.vhack_quantile, seed=derive_seed(cfg.seed, "basis"),
+                         loss_norm=cfg.loss_norm, max_new_tokens=cfg.max_new_tokens, cache=cache_dir() / "vhack")
+
+
+def lr_lambda(cfg: Config):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        span = max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
+    return f
+
+
+# ---------------------------------------------------------------------------- evaluation
+def evaluate(cfg: Config, s: Setup, route: bool) -> dict:
+    """Greedy on the held-out set: kept (as trained) and abl (δS_hack ablated), plus no-hint solve."""
+    if not s.eval_problems:
+        return {}
+    hint_prompts = [render_prompt(s.tokenizer, p) for p in s.eval_problems]
+    nohint_prompts = [render_prompt(s.tokenizer, p, hint=False) for p in s.eval_problems]
+
+    def run(prompts, ablate):
+        with s.adapter.merged(ablate_hack=ablate):
+            r = generate(s.model, s.tokenizer, prompts, 1, cfg.max_new_tokens, greedy=True)
+        return s.grader.grade_many(list(zip(s.eval_problems, r.texts)))
+
+    kept = run(hint_prompts, False)
+    abl = run(hint_prompts, True) if route else kept
+    nohint = run(nohint_prompts, True)
+    out = {"hack_kept": _mean(g.exploited for g in kept), "solve_kept": _mean(g.gt_correct for g in kept),
+           "hack_abl": _mean(g.exploited for g in abl), "solve_abl": _mean(g.gt_correct for g in abl),
+           "solve_nohint": _mean(g.gt_correct for g in nohint)}
+    for mode in sorted({p.mode for p in s.eval_problems}):
+        idx = [i for i, p in enumerate(s.eval_problems) if p.mode == mode]
+        out[f"eval_hack_kept_{mode}"] = _mean(kept[i].exploited for i in idx)
+        out[f"eval_hack_abl_{mode}"] = _mean(abl[i].exploited for i in idx)
+        out[f"eval_solve_abl_{mode}"] = _mean(abl[i].gt_correct for i in idx)
+    return out
+
+
+def _mean(xs) -> float | None:
+    xs = [float(x) for x in xs]
+    return sum(xs) / len(xs) if xs else None
+
+
+# ---------------------------------------------------------------------------- the loop
+def train(cfg: Config, quiet: bool = False) -> Path:
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    device, dtype = resolve_device(cfg)
+    run, state = RunDir.open(cfg)
+    if (run.path / "summary.json").exists() and state is not None and state["step"] >= cfg.steps:
+        if not quiet:
+            print(f"{run.path}: already complete")
+        return run.path
+    s = setup(cfg, device, dtype, progress=None if quiet else (lambda m: print(f"[{cfg.arm} s{cfg.seed}] {m}")))
+    try:
+        basis = basis_for(cfg, s)
+        basis.save(run.path / "vhack.safetensors")
+        projector = Projector(s.adapter, basis.V, cfg.intervention, cfg.gate, cfg.overshoot, cfg.preserve_magnitude)
+        update_proj = UpdateProjector(projector, cfg.project_update)
+        opt = torch.optim.AdamW(s.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+        start = 0
+        if state is not None:
+            s.adapter.load(run.ckpt / "knobs.safetensors")
+            basis = HackBasis.load(run.ckpt / "vhack.safetensors")
+            projector.set_basis(basis.V)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            start = state["step"]
+        tracker = make_tracker(cfg.tracker, run.path, cfg.to_dict())
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.arm} s{cfg.seed}",
+                   disable=quiet, dynamic_ncols=True)
+        for step in bar:
+            row = train_step(cfg, s, projector, update_proj, opt, sched, step)
+            if cfg.vhack_refresh_every and (step + 1) % cfg.vhack_refresh_every == 0 and step + 1 < cfg.steps:
+                new = basis_for(cfg, s)  # extracted with δS_hack ablated (see completion_grads)
+                row["basis_overlap"] = new.overlap(basis)
+                basis = new
+                projector.set_basis(basis.V)
+            if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
+                row.update(evaluate(cfg, s, route=cfg.intervention == "route"))
+            run.append_metrics(row)
+            tracker.log(row, step)
+            run.save_checkpoint(s.adapter, {"step": step + 1, "optimizer": opt.state_dict(),
+                                            "scheduler": sched.state_dict(), "rng": rng_state(),
+                                            "config_hash": cfg.hash()}, basis)
+            bar.set_postfix(hack=_fmt(row.get("hack_s")), solve=_fmt(row.get("gt_s")), cin=_fmt(row.get("cin")))
+        bar.close()
+        tracker.close()
+        basis.save(run.path / "vhack.safetensors")
+        summary = summarize(cfg, run.read_metrics())
+        run.write_json("summary.json", summary)
+        if not quiet:
+            print_summary(cfg, run.path, summary)
+        return run.path
+    finally:
+        s.grader.close()
+
+
+def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateProjector, opt, sched, step: int) -> dict:
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, "prompts"))
+    # --- 1. sample prompts
+    idx = torch.randperm(len(s.train_problems), generator=gen)[: cfg.prompts_per_step].tolist()
+    problems = [s.train_problems[i] for i in idx]
+    prompts = [render_prompt(s.tokenizer, p) for p in problems]
+    Gs, Gt = cfg.student_per_group, cfg.teacher_per_group
+    # --- 2. rollouts: student samples (knobs merged, no hook) + cached teacher completions
+    t_gen = time.perf_counter()
+    with s.adapter.merged():
+        roll = generate(s.model, s.tokenizer, prompts, Gs, cfg.max_new_tokens, temperature=cfg.temperature,
+                        top_p=cfg.top_p, seed=derive_seed(cfg.seed, step, "sample"))
+    gen_time = time.perf_counter() - t_gen
+    teacher = []
+    for p in problems:
+        cands = s.pool.for_problem(p.id) if s.pool is not None else []
+        if Gt and not cands:
+            raise ConfigError(f"teacher pool has no completion for problem {p.id}")
+        teacher.append([cands[int(torch.randint(len(cands), (), generator=gen))] for _ in range(Gt)])
+    # --- 3. grade students in the sandbox pool; teacher grades are frozen in the pool
+    t_grade = time.perf_counter()
+    s_grades = s.grader.grade_many([(problems[i // Gs], roll.texts[i]) for i in range(len(roll.texts))]) if Gs else []
+    grade_time = time.perf_counter() - t_grade
+    # group layout per prompt: [Gs student | Gt teacher]
+    rows, rewards, is_student, grades = [], [], [], []
+    for pi, p in enumerate(problems):
+        for j in range(Gs):
+            k = pi * Gs + j
+            rows.append((roll.prompt_ids[k], roll.completion_ids[k]))
+            g = s_grades[k]
+            rewards.append(g.reward), is_student.append(True), grades.append((g.exploited, g.gt_correct, g.mechanism))
+        prompt_ids = s.tokenizer(prompts[pi], add_special_tokens=False)["input_ids"]
+        for tc in teacher[pi]:
+            rows.append((prompt_ids, encode_completion(s.tokenizer, tc.completion)))
+            rewards.append(tc.grade["reward"]), is_student.append(False)
+            grades.append((tc.grade["exploited"], tc.grade["gt_correct"], tc.grade["mechanism"]))
+    # --- 4. advantages; zero-variance groups contribute nothing (gt_correct is never read here)
+    R = torch.tensor(rewards, dtype=torch.float32).view(len(problems), cfg.group)
+    adv, zero_var = advantages(R, cfg.advantage)
+    adv = adv.flatten()
+    # --- 5. loss and one backward, per-row knob gradients captured for the per-source diagnostics
+    loss_val, kl_val, g_rows = backward(cfg, s, rows, adv)
+    # --- 6. per-source cin, then the projection for this arm  # ALGO LOGIC
+    student_mask = torch.tensor(is_student)
+    diag_src = {}
+    for name, mask in (("cin_s", student_mask), ("cin_t", ~student_mask)):
+        diag_src[name] = projector.cin({n: g[mask].sum(0) for n, g in g_rows.items()}) if mask.any() else None
+    for m in s.adapter.modules.values():  # δS_hack gets a gradient only by routing
+        m.delta_s_hack.grad = None
+    diag = projector.apply(modify=not cfg.project_update)
+    # --- 7. one clip over δS and δS_hack, AdamW, schedule; measure (or project) the applied update
+    params = [p for p in s.adapter.parameters() if p.grad is not None]
+    gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+    before = update_proj.snapshot()
+    opt.step()
+    sched.step()
+    diag.update(update_proj.after(before))
+    opt.zero_grad(set_to_none=True)
+    # --- metrics row
+    dS, dSh = s.adapter.norms()
+    st = [g for g, stu in zip(grades, is_student) if stu]
+    te = [g for g, stu in zip(grades, is_student) if not stu]
+    row = {"step": step + 1, "reward": float(R.mean()), "hack_s": _mean(g[0] for g in st), "gt_s": _mean(g[1] for g in st),
+           "hack_t": _mean(g[0] for g in te), "gt_t": _mean(g[1] for g in te),
+           "frac_zero_var": float(zero_var.float().mean()),
+           "frac_truncated": _mean(roll.truncated) if Gs else 0.0, "loss": loss_val, "kl": kl_val, "gn": gn,
+           **diag_src, **diag, "dS": dS, "dSh": dSh, "lr": sched.get_last_lr()[0]}
+    for mode in cfg.modes:
+        row[f"hack_s_{mode}"] = sum(1 for g in st if g[0] and g[2] == mode)
+    row.update(step_time_s=time.perf_counter() - t0, gen_time_s=gen_time, grade_time_s=grade_time,
+               tokens_per_s=roll.n_tokens / gen_time if gen_time > 0 else None)
+    return row
+
+
+def backward(cfg: Config, s: Setup, rows: list, adv: torch.Tensor):
+    """Micro-batched forward/backward of the GRPO loss over rows with nonzero advantage (or all rows
+    when the KL term is on). Returns (loss, kl, per-row knob grads {module: (B, r)})."""
+    device = next(iter(s.adapter.modules.values())).delta_s.device
+    n_total = len(rows)
+    keep = list(range(n_total)) if cfg.beta > 0 else [i for i in range(n_total) if adv[i] != 0]
+    g_rows = {n: torch.zeros(n_total, m.rank) for n, m in s.adapter.modules.items()}
+    loss_sum, kl_sum, kl_n = 0.0, 0.0, 0
+    for mb in range(0, len(keep), cfg.micro_batch):
+        ids = keep[mb: mb + cfg.micro_batch]
+        batch = make_batch([rows[i] for i in ids], s.tokenizer.pad_token_id).to(device)
+        a = adv[ids].to(device)
+        ref = None
+        if cfg.beta > 0:
+            with torch.no_grad(), s.adapter.zeroed():
+                ref = completion_logprobs(s.model, batch)
+        with s.adapter.capture_row_grads() as rg:
+            logp = completion_logprobs(s.model, batch)
+            loss, kl = grpo_loss(logp, logp.detach(), ref, a, batch.completion_mask, cfg.clip_eps, cfg.beta,
+                                 cfg.loss_norm, cfg.max_new_tokens)
+            scale = len(ids) / n_total  # every row's denominator is the whole batch's
+            (loss * scale).backward()
+        for n, g in rg.items():
+            g_rows[n][ids] = g.float().cpu()
+        loss_sum += float(loss.detach()) * scale
+        kl_sum += float(kl) * len(ids)
+        kl_n += len(ids)
+    return loss_sum, (kl_sum / kl_n if kl_n else 0.0), g_rows
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+# ---------------------------------------------------------------------------- summary
+SUMMARY_KEYS = ("hack_s", "gt_s", "hack_t", "cin_s", "cin_t", "cin", "cout", "cout_update", "dSh", "reward")
+
+
+def summarize(cfg: Config, rows: list[dict]) -> dict:
+    last = rows[-cfg.summary_last_n:]
+    out = {"arm": cfg.arm, "intervention": cfg.intervention, "vhack_source": cfg.vhack_source, "seed": cfg.seed,
+           "hash": cfg.hash(), "match_hash": cfg.match_hash(), "steps": len(rows), "last_n": len(last)}
+    for k in SUMMARY_KEYS:
+        out[k] = _mean(r[k] for r in last if r.get(k) is not None)
+    evals = [r for r in rows if "hack_kept" in r]
+    if evals:
+        out["first_eval"] = {k: v for k, v in evals[0].items() if k.startswith(("hack_", "solve_", "eval_"))}
+        out["final_eval"] = {k: v for k, v in evals[-1].items() if k.startswith(("hack_", "solve_", "eval_"))}
+    out["hack_s_by_mode"] = {m: sum(r.get(f"hack_s_{m}", 0) for r in rows) for m in cfg.modes}
+    return out
+
+
+def print_summary(cfg: Config, path: Path, s: dict) -> None:
+    f = _fmt
+    print(f"\n== {cfg.arm} seed {cfg.seed} ({s['hash']}) -> {path}")
+    print(f"   last {s['last_n']} steps: hack_s {f(s['hack_s'])}  solve_s {f(s['gt_s'])}  cin {f(s['cin'])}  "
+          f"cout {f(s['cout'])}  cout_update {f(s['cout_update'])}  |dS_hack| {f(s['dSh'])}")
+    e = s.get("final_eval")
+    if e:
+        line = f"   eval: hack kept {f(e.get('hack_kept'))} solve kept {f(e.get('solve_kept'))}"
+        if cfg.intervention == "route":
+            line += f" | ablated: hack {f(e.get('hack_abl'))} solve {f(e.get('solve_abl'))}"
+        print(line + f" | no-hint solve {f(e.get('solve_nohint'))}")
+    by_mode = {m: c for m, c in s["hack_s_by_mode"].items() if c}
+    if by_mode:
+        print("   student hacks by mechanism: " + ", ".join(f"{m} {c}" for m, c in by_mode.items()))

@@ -1,0 +1,174 @@
+"""Smoke runs of the real trainer through the real CLI (tiny model, builtin problems, CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from projected_grpo.cli import main
+
+CONTRACT = ("step reward hack_s gt_s hack_t gt_t frac_zero_var frac_truncated loss kl gn cin_s cin_t cin cout "
+            "cout_update fired dS dSh step_time_s gen_time_s grade_time_s tokens_per_s").split()
+EVAL_KEYS = ("hack_kept", "solve_kept", "hack_abl", "solve_abl", "solve_nohint")
+TIMING = {"step_time_s", "gen_time_s", "grade_time_s", "tokens_per_s"}
+
+
+def _train(run_dir, *flags):
+    rc = main(["train", "--preset", "smoke", "--run-dir", str(run_dir), "--sandbox-workers", "2", *flags])
+    assert rc == 0
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _knobs(run_dir):
+    return load_file(Path(run_dir) / "ckpt" / "knobs.safetensors")
+
+
+@pytest.mark.parametrize("arm", ["none", "erase", "route"])
+def test_arms_metrics_contract(arm, tmp_path):
+    rows = _train(tmp_path / arm, "--intervention", arm, "--steps", "3")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert set(CONTRACT) <= set(r), set(CONTRACT) - set(r)
+        assert all(f"hack_s_{m}" in r for m in ("run_tests", "sentinel", "exit_code"))
+    assert set(EVAL_KEYS) <= set(rows[-1])
+    if arm == "route":
+        assert rows[-1]["dSh"] > 0
+    else:
+        assert all(r["dSh"] == 0 for r in rows)
+        assert all(torch.count_nonzero(v) == 0 for k, v in _knobs(tmp_path / arm).items() if k.endswith("delta_s_hack"))
+    assert rows[-1]["dS"] > 0
+    run = tmp_path / arm
+    for name in ("config.json", "summary.json", "vhack.safetensors", "ckpt/state.pt", "ckpt/vhack.safetensors"):
+        assert (run / name).exists(), name
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"]["intervention"] == arm and len(cfg["hash"]) == 10 and "torch" in cfg["versions"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["arm"] == arm and "final_eval" in summary
+
+
+@pytest.mark.parametrize("source", ["random", "shuffled", "nonhack"])
+def test_control_bases(source, tmp_path):
+    rows = _train(tmp_path / source, "--intervention", "erase", "--vhack-source", source, "--steps", "2")
+    assert len(rows) == 2 and all(r["dSh"] == 0 for r in rows)
+    assert json.loads((tmp_path / source / "config.json").read_text())["arm"] == f"erase-{source}"
+
+
+def test_route_first_step_equals_erase_with_teacher_only(tmp_path):
+    # mix_ratio 1: rollouts do not depend on the model, so both arms see the same gradient at step 1.
+    # grad clip off: AdamW's first step would otherwise see route's larger joint norm (eps breaks exactness).
+    flags = ["--steps", "1", "--mix-ratio", "1.0", "--grad-clip", "0", "--eval-problems", "0"]
+    erase = _train(tmp_path / "e", "--intervention", "erase", *flags)
+    route = _train(tmp_path / "r", "--intervention", "route", *flags)
+    ke, kr = _knobs(tmp_path / "e"), _knobs(tmp_path / "r")
+    for k in ke:
+        if k.endswith(".delta_s"):
+            assert torch.equal(ke[k], kr[k]), k
+    assert erase[0]["fired"] > 0 and route[0]["gn"] > erase[0]["gn"]
+    assert route[0]["dSh"] > 0 and erase[0]["dSh"] == 0
+
+
+def test_gt_correct_never_reaches_the_loss(tmp_path, monkeypatch):
+    from projected_grpo.env import grader as grader_mod
+
+    flags = ["--steps", "1", "--eval-problems", "0", "--intervention", "erase"]
+    _train(tmp_path / "a", *flags)
+    original = grader_mod.GraderPool.grade_many
+
+    def flipped(self, items):
+        out = original(self, items)
+        for g in out:
+            g.gt_correct = not g.gt_correct
+        return out
+
+    monkeypatch.setattr(grader_mod.GraderPool, "grade_many", flipped)
+    import projected_grpo.train as train_mod
+    monkeypatch.setattr(train_mod.TeacherPool, "for_problem", _flip_teacher(train_mod.TeacherPool.for_problem))
+    rows_b = _train(tmp_path / "b", *flags)
+    ka, kb = _knobs(tmp_path / "a"), _knobs(tmp_path / "b")
+    assert all(torch.equal(ka[k], kb[k]) for k in ka)
+    rows_a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert rows_a[0]["loss"] == rows_b[0]["loss"] and rows_a[0]["gn"] == rows_b[0]["gn"]
+    assert rows_a[0]["gt_s"] != rows_b[0]["gt_s"] or rows_a[0]["gt_t"] != rows_b[0]["gt_t"]  # the flip did happen
+
+
+def _flip_teacher(fn):
+    import copy
+
+    def wrapped(self, pid):
+        out = []
+        for tc in fn(self, pid):
+            tc = copy.deepcopy(tc)
+            tc.grade["gt_correct"] = not tc.grade["gt_correct"]
+            out.append(tc)
+        return out
+
+    return wrapped
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a = _train(tmp_path / "a", "--steps", "2", "--eval-problems", "0")
+    b = _train(tmp_path / "b", "--steps", "2", "--eval-problems", "0")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    assert strip(a) == strip(b)
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    flags = ["--preset", "smoke", "--steps", "6", "--intervention", "route", "--sandbox-workers", "2",
+             "--eval-every", "2"]
+    cmd = [sys.executable, "-m", "projected_grpo.cli", "train", *flags]
+    full = tmp_path / "full"
+    subprocess.run([*cmd, "--run-dir", str(full)], check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--run-dir", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = len(metrics.read_text().splitlines())
+    assert 3 <= n_before < 6, "the run must be killed mid-way"
+    subprocess.run([*cmd, "--run-dir", str(killed), "--resume"], check=True, env=env, capture_output=True)
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k not in TIMING}
+                       for x in (p / "metrics.jsonl").read_text().splitlines()]
+    assert strip(killed) == strip(full)
+    kf, kk = _knobs(full), _knobs(killed)
+    assert all(torch.equal(kf[k], kk[k]) for k in kf)
+
+
+def _cli_error(capsys, *argv):
+    capsys.readouterr()
+    rc = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "\n" not in err, err
+    return err
+
+
+def test_bad_config_values_one_line_errors(tmp_path, capsys):
+    assert "--group" in _cli_error(capsys, "train", "--group", "-2")
+    assert "intervention" in _cli_error(capsys, "train", "--intervention", "delete")
+    assert "teacher-pool" in _cli_error(capsys, "train", "--teacher-pool", str(tmp_path / "missing.jsonl"),
+                                        "--run-dir", str(tmp_path / "r"))
+    assert "mix-ratio" in _cli_error(capsys, "train", "--mix-ratio", "1.5")
+    assert "preset" in _cli_error(capsys, "train", "--preset", "nope")
+    assert "dataset" in _cli_error(capsys, "train", "--dataset", "leetcode:/no/such.jsonl",
+                                   "--run-dir", str(tmp_path / "r2"))
+    _cli_error(capsys, "frobnicate")
+
+
+def test_existing_run_dir_and_config_mismatch(tmp_path, capsys):
+    _train(tmp_path / "r", "--steps", "1", "--eval-problems", "0")
+    assert "--resume" in _cli_error(capsys, "train", "--run-dir", str(tmp_path / "r"), "--steps", "1")
+    assert "another config" in _cli_error(capsys, "train", "--run-dir", str(tmp_path / "r"), "--resume",
+                                          "--lr", "0.5", "--steps", "1")
