@@ -1,8 +1,10 @@
 """Generation backends for no-grad rollouts.
 
-``hf``: stock ``model.generate`` (the reference backend). Knobs are folded into the weights by the
-caller (``adapter.merged()``), so generation never pays the adapter hook. Sampling is seeded from the
-run coordinates (seed, step), so a resumed run draws the same samples as an uninterrupted one.
+``hf``: stock ``model.generate`` (the reference backend). ``fast``: fastgen.py (static KV cache, CUDA
+graphs, same sampler, same ``Rollouts``). Knobs are folded into the weights by the
+caller (``adapter.merged()``), so generation never pays the adapter hook. Sampling is batch-invariant
+(sampling.py): each completion has its own seed, derived by the caller from run coordinates, so a
+resumed, re-batched or data-parallel run draws the same samples as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import LogitsProcessorList
+
+from .sampling import GumbelProcessor
 
 
 @dataclass
@@ -27,8 +32,17 @@ class Rollouts:
 
 
 def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, *, temperature: float = 1.0,
-             top_p: float = 1.0, greedy: bool = False, seed: int = 0, batch_size: int = 64) -> Rollouts:
-    """Sample ``n`` completions for each prompt text (already chat-templated)."""
+             top_p: float = 1.0, greedy: bool = False, seeds: list[int] | None = None, batch_size: int = 64,
+             backend: str = "hf") -> Rollouts:
+    """Sample ``n`` completions for each prompt text (already chat-templated); ``seeds`` gives one
+    seed per completion (len(prompts) * n), default 0..N-1. ``backend``: ``hf`` or ``fast``."""
+    if backend == "fast":
+        from . import fastgen
+
+        return fastgen.generate(model, tokenizer, prompts, n, max_new_tokens, temperature=temperature, top_p=top_p,
+                                greedy=greedy, seeds=seeds)
+    if backend != "hf":
+        raise ValueError(f"unknown rollout backend {backend!r}")
     out = Rollouts([], [], [], [])
     if n == 0 or not prompts:
         return out
@@ -36,17 +50,19 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, 
     eos = tokenizer.eos_token_id
     flat = [p for p in prompts for _ in range(n)]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in flat]
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-    if greedy or temperature == 0:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(seed)
+    seeds = list(range(len(flat))) if seeds is None else list(seeds)
+    if len(seeds) != len(flat):
+        raise ValueError(f"need one seed per completion ({len(flat)}), got {len(seeds)}")
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+                      do_sample=False, temperature=None, top_p=None, top_k=None)
+    with torch.no_grad():
         for s in range(0, len(encoded), batch_size):
             chunk = encoded[s:s + batch_size]
             L = max(map(len, chunk))
+            if not (greedy or temperature == 0):
+                row_seeds = torch.tensor(seeds[s:s + batch_size], dtype=torch.long, device=device)
+                sampler = GumbelProcessor(row_seeds, temperature, top_p, prompt_len=L)
+                gen_kwargs["logits_processor"] = LogitsProcessorList([sampler])
             ids = torch.full((len(chunk), L), tokenizer.pad_token_id, dtype=torch.long)
             att = torch.zeros_like(ids)
             for i, p in enumerate(chunk):  # left padding

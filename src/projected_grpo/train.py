@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed as dist
 from .adapter import SVDAdapter
 from .config import Config, ConfigError, config_from_dict
 from .env.grader import GraderPool
@@ -48,7 +49,8 @@ def derive_seed(*coords) -> int:
 
 
 def resolve_device(cfg: Config) -> tuple[torch.device, torch.dtype]:
-    dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+    ddp_dev = dist.local_device()
+    dev = torch.device(ddp_dev) if ddp_dev else torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if cfg.device == "auto" else cfg.device))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
@@ -67,10 +69,14 @@ class RunDir:
         self.ckpt = path / "ckpt"
 
     @classmethod
-    def open(cls, cfg: Config) -> tuple["RunDir", dict | None]:
-        """Create the run dir, or reopen it for --resume. Returns (run, checkpoint state or None)."""
+    def open(cls, cfg: Config, write: bool = True) -> tuple["RunDir", dict | None]:
+        """Create the run dir, or reopen it for --resume. Returns (run, checkpoint state or None).
+        ``write=False`` (data-parallel ranks > 0): only read what rank 0 prepared."""
         path = Path(cfg.run_dir or f"runs/{cfg.arm}-s{cfg.seed}-{cfg.hash()}")
         run = cls(path)
+        if not write:
+            state_file = run.ckpt / "state.pt"
+            return run, torch.load(state_file, weights_only=False) if state_file.exists() else None
         saved = path / "config.json"
         if saved.exists() and not cfg.resume:
             raise ConfigError(f"{path} already holds a run; pass --resume to continue it or pick another --run-dir")
@@ -197,7 +203,8 @@ def setup(cfg: Config, device, dtype, progress=None) -> Setup:
     note(f"loading model {cfg.model}")
     model, tok = load_model(cfg.model, dtype, device)
     adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)
-    grader = GraderPool(workers=cfg.sandbox_workers, timeout_s=cfg.sandbox_timeout_s,
+    workers = cfg.sandbox_workers or max(1, (os.cpu_count() or 1) // dist.world())
+    grader = GraderPool(workers=workers, timeout_s=cfg.sandbox_timeout_s,
                         format_bonus=cfg.format_bonus, pass_reward=cfg.pass_reward)
     pool = None
     if cfg.teacher_per_group > 0:
@@ -284,16 +291,21 @@ def train(cfg: Config, quiet: bool = False) -> Path:
     from tqdm.auto import tqdm
 
     cfg.validate()
+    dist.init()
+    quiet = quiet or not dist.is_main()
     device, dtype = resolve_device(cfg)
-    run, state = RunDir.open(cfg)
-    if (run.path / "summary.json").exists() and state is not None and state["step"] >= cfg.steps:
+    if dist.is_main():  # rank 0 creates (or checks) the run dir first; the others then read it
+        run, state = RunDir.open(cfg)
+    dist.barrier()
+    if not dist.is_main():
+        run, state = RunDir.open(cfg, write=False)
+    if state is not None and state["step"] >= cfg.steps and (run.path / "summary.json").exists():
         if not quiet:
             print(f"{run.path}: already complete")
         return run.path
     s = setup(cfg, device, dtype, progress=None if quiet else (lambda m: print(f"[{cfg.arm} s{cfg.seed}] {m}")))
     try:
         basis = basis_for(cfg, s)
-        basis.save(run.path / "vhack.safetensors")
         projector = Projector(s.adapter, basis.V, cfg.intervention, cfg.gate, cfg.overshoot, cfg.preserve_magnitude)
         update_proj = UpdateProjector(projector, cfg.project_update)
         opt = torch.optim.AdamW(s.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -307,7 +319,9 @@ def train(cfg: Config, quiet: bool = False) -> Path:
             sched.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             start = state["step"]
-        tracker = make_tracker(cfg.tracker, run.path, cfg.to_dict())
+        elif dist.is_main():
+            basis.save(run.path / "vhack.safetensors")
+        tracker = make_tracker(cfg.tracker if dist.is_main() else "none", run.path, cfg.to_dict())
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.arm} s{cfg.seed}",
                    disable=quiet, dynamic_ncols=True)
         for step in bar:
@@ -318,20 +332,25 @@ def train(cfg: Config, quiet: bool = False) -> Path:
                 basis = new
                 projector.set_basis(basis.V)
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
-                row.update(evaluate(cfg, s, route=cfg.intervention == "route"))
-            run.append_metrics(row)
-            tracker.log(row, step)
-            run.save_checkpoint(s.adapter, {"step": step + 1, "optimizer": opt.state_dict(),
-                                            "scheduler": sched.state_dict(), "rng": rng_state(),
-                                            "config_hash": cfg.hash()}, basis)
+                if dist.is_main():
+                    row.update(evaluate(cfg, s, route=cfg.intervention == "route"))
+                dist.barrier()
+            if dist.is_main():
+                run.append_metrics(row)
+                tracker.log(row, step)
+                run.save_checkpoint(s.adapter, {"step": step + 1, "optimizer": opt.state_dict(),
+                                                "scheduler": sched.state_dict(), "rng": rng_state(),
+                                                "config_hash": cfg.hash()}, basis)
             bar.set_postfix(hack=_fmt(row.get("hack_s")), solve=_fmt(row.get("gt_s")), cin=_fmt(row.get("cin")))
         bar.close()
         tracker.close()
-        basis.save(run.path / "vhack.safetensors")
-        summary = summarize(cfg, run.read_metrics())
-        run.write_json("summary.json", summary)
-        if not quiet:
-            print_summary(cfg, run.path, summary)
+        if dist.is_main():
+            basis.save(run.path / "vhack.safetensors")
+            summary = summarize(cfg, run.read_metrics())
+            run.write_json("summary.json", summary)
+            if not quiet:
+                print_summary(cfg, run.path, summary)
+        dist.barrier()
         return run.path
     finally:
         s.grader.close()
@@ -339,56 +358,57 @@ def train(cfg: Config, quiet: bool = False) -> Path:
 
 def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateProjector, opt, sched, step: int) -> dict:
     t0 = time.perf_counter()
+    P, G, Gs, Gt = cfg.prompts_per_step, cfg.group, cfg.student_per_group, cfg.teacher_per_group
+    # --- 1. sample the step's prompts (same on every rank); this rank takes every world()-th one
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, "prompts"))
-    # --- 1. sample prompts
-    idx = torch.randperm(len(s.train_problems), generator=gen)[: cfg.prompts_per_step].tolist()
-    problems = [s.train_problems[i] for i in idx]
+    chosen = torch.randperm(len(s.train_problems), generator=gen)[:P].tolist()
+    mine = list(range(dist.rank(), len(chosen), dist.world()))  # global prompt indices
+    problems = [s.train_problems[chosen[gi]] for gi in mine]
     prompts = [render_prompt(s.tokenizer, p) for p in problems]
-    Gs, Gt = cfg.student_per_group, cfg.teacher_per_group
-    # --- 2. rollouts: student samples (knobs merged, no hook) + cached teacher completions
+    # --- 2. rollouts: student samples (knobs merged, no hook; one seed per completion) + teacher draws
     t_gen = time.perf_counter()
     with s.adapter.merged():
         roll = generate(s.model, s.tokenizer, prompts, Gs, cfg.max_new_tokens, temperature=cfg.temperature,
-                        top_p=cfg.top_p, seed=derive_seed(cfg.seed, step, "sample"))
+                        top_p=cfg.top_p, seeds=[derive_seed(cfg.seed, step, "sample", gi, j) for gi in mine
+                                                for j in range(Gs)], backend=cfg.rollout_backend)
     gen_time = time.perf_counter() - t_gen
-    teacher = []
-    for p in problems:
-        cands = s.pool.for_problem(p.id) if s.pool is not None else []
-        if Gt and not cands:
-            raise ConfigError(f"teacher pool has no completion for problem {p.id}")
-        teacher.append([cands[int(torch.randint(len(cands), (), generator=gen))] for _ in range(Gt)])
+    teacher = [draw_teacher(s, p, Gt, derive_seed(cfg.seed, step, "teacher", gi)) for p, gi in zip(problems, mine)]
     # --- 3. grade students in the sandbox pool; teacher grades are frozen in the pool
     t_grade = time.perf_counter()
     s_grades = s.grader.grade_many([(problems[i // Gs], roll.texts[i]) for i in range(len(roll.texts))]) if Gs else []
     grade_time = time.perf_counter() - t_grade
-    # group layout per prompt: [Gs student | Gt teacher]
-    rows, rewards, is_student, grades = [], [], [], []
-    for pi, p in enumerate(problems):
+    rows, records = [], []  # group layout per prompt: [Gs student | Gt teacher]
+    for pi, (p, gi) in enumerate(zip(problems, mine)):
         for j in range(Gs):
             k = pi * Gs + j
-            rows.append((roll.prompt_ids[k], roll.completion_ids[k]))
             g = s_grades[k]
-            rewards.append(g.reward), is_student.append(True), grades.append((g.exploited, g.gt_correct, g.mechanism))
+            rows.append((roll.prompt_ids[k], roll.completion_ids[k]))
+            records.append((gi, j, True, g.reward, g.exploited, g.gt_correct, g.mechanism, roll.truncated[k]))
         prompt_ids = s.tokenizer(prompts[pi], add_special_tokens=False)["input_ids"]
-        for tc in teacher[pi]:
+        for j, tc in enumerate(teacher[pi]):
             rows.append((prompt_ids, encode_completion(s.tokenizer, tc.completion)))
-            rewards.append(tc.grade["reward"]), is_student.append(False)
-            grades.append((tc.grade["exploited"], tc.grade["gt_correct"], tc.grade["mechanism"]))
-    # --- 4. advantages; zero-variance groups contribute nothing (gt_correct is never read here)
-    R = torch.tensor(rewards, dtype=torch.float32).view(len(problems), cfg.group)
+            tg = tc.grade
+            records.append((gi, Gs + j, False, tg["reward"], tg["exploited"], tg["gt_correct"], tg["mechanism"], False))
+    # --- 4. advantages per group; zero-variance groups contribute nothing (only the reward is read)
+    R = torch.tensor([r[3] for r in records], dtype=torch.float32).view(len(problems), G)
     adv, zero_var = advantages(R, cfg.advantage)
-    adv = adv.flatten()
-    # --- 5. loss and one backward, per-row knob gradients captured for the per-source diagnostics
-    loss_val, kl_val, g_rows = backward(cfg, s, rows, adv)
-    # --- 6. per-source cin, then the projection for this arm  # ALGO LOGIC
-    student_mask = torch.tensor(is_student)
-    diag_src = {}
-    for name, mask in (("cin_s", student_mask), ("cin_t", ~student_mask)):
-        diag_src[name] = projector.cin({n: g[mask].sum(0) for n, g in g_rows.items()}) if mask.any() else None
+    # --- 5. loss and one backward; per-row knob gradients captured for the per-source diagnostics
+    loss_val, kl_sum, g_rows = backward(cfg, s, rows, adv.flatten(), n_total=P * G)
+    student = torch.tensor([r[2] for r in records], dtype=torch.bool)
+    names = list(s.adapter.modules)
+    g_src = [g_rows[n][mask].sum(0) for mask in (student, ~student) for n in names]
+    # --- 6. all-reduce knob gradients and diagnostic sums: every rank now holds the global batch's
+    grads = [m.delta_s.grad for m in s.adapter.modules.values()]
+    dist.all_reduce_(grads + g_src)
     for m in s.adapter.modules.values():  # δS_hack gets a gradient only by routing
         m.delta_s_hack.grad = None
+    diag_src = {}
+    for i, key in enumerate(("cin_s", "cin_t")):
+        has_rows = (Gs if key == "cin_s" else Gt) > 0
+        diag_src[key] = projector.cin(dict(zip(names, g_src[i * len(names):(i + 1) * len(names)]))) if has_rows else None
+    # --- 7. the projection for this arm  # ALGO LOGIC
     diag = projector.apply(modify=not cfg.project_update)
-    # --- 7. one clip over δS and δS_hack, AdamW, schedule; measure (or project) the applied update
+    # --- 8. one clip over δS and δS_hack, AdamW, schedule; measure (or project) the applied update
     params = [p for p in s.adapter.parameters() if p.grad is not None]
     gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
     before = update_proj.snapshot()
@@ -396,30 +416,46 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     sched.step()
     diag.update(update_proj.after(before))
     opt.zero_grad(set_to_none=True)
-    # --- metrics row
+    # --- metrics row over the global batch, in global order
+    parts = dist.gather((records, zero_var.tolist(), loss_val, kl_sum, roll.n_tokens, gen_time, grade_time))
+    records = sorted(r for part in parts for r in part[0])
+    st, te = [r for r in records if r[2]], [r for r in records if not r[2]]
     dS, dSh = s.adapter.norms()
-    st = [g for g, stu in zip(grades, is_student) if stu]
-    te = [g for g, stu in zip(grades, is_student) if not stu]
-    row = {"step": step + 1, "reward": float(R.mean()), "hack_s": _mean(g[0] for g in st), "gt_s": _mean(g[1] for g in st),
-           "hack_t": _mean(g[0] for g in te), "gt_t": _mean(g[1] for g in te),
-           "frac_zero_var": float(zero_var.float().mean()),
-           "frac_truncated": _mean(roll.truncated) if Gs else 0.0, "loss": loss_val, "kl": kl_val, "gn": gn,
+    kl_total, kl_rows = sum(p[3][0] for p in parts), sum(p[3][1] for p in parts)
+    gen_time, n_tok = max(p[5] for p in parts), sum(p[4] for p in parts)
+    row = {"step": step + 1, "reward": _mean(r[3] for r in records),
+           "hack_s": _mean(r[4] for r in st), "gt_s": _mean(r[5] for r in st),
+           "hack_t": _mean(r[4] for r in te), "gt_t": _mean(r[5] for r in te),
+           "frac_zero_var": _mean(z for p in parts for z in p[1]), "frac_truncated": _mean(r[7] for r in st) or 0.0,
+           "loss": sum(p[2] for p in parts), "kl": kl_total / kl_rows if kl_rows else 0.0, "gn": gn,
            **diag_src, **diag, "dS": dS, "dSh": dSh, "lr": sched.get_last_lr()[0]}
     for mode in cfg.modes:
-        row[f"hack_s_{mode}"] = sum(1 for g in st if g[0] and g[2] == mode)
-    row.update(step_time_s=time.perf_counter() - t0, gen_time_s=gen_time, grade_time_s=grade_time,
-               tokens_per_s=roll.n_tokens / gen_time if gen_time > 0 else None)
+        row[f"hack_s_{mode}"] = sum(1 for r in st if r[4] and r[6] == mode)
+    row.update(step_time_s=time.perf_counter() - t0, gen_time_s=gen_time, grade_time_s=max(p[6] for p in parts),
+               tokens_per_s=n_tok / gen_time if gen_time > 0 and n_tok else None)
     return row
 
 
-def backward(cfg: Config, s: Setup, rows: list, adv: torch.Tensor):
-    """Micro-batched forward/backward of the GRPO loss over rows with nonzero advantage (or all rows
-    when the KL term is on). Returns (loss, kl, per-row knob grads {module: (B, r)})."""
+def draw_teacher(s: Setup, problem: Problem, n: int, seed: int) -> list:
+    if n == 0:
+        return []
+    cands = s.pool.for_problem(problem.id) if s.pool is not None else []
+    if not cands:
+        raise ConfigError(f"the teacher pool has no completion for problem {problem.id}")
+    gen = torch.Generator().manual_seed(seed)
+    return [cands[int(i)] for i in torch.randint(len(cands), (n,), generator=gen)]
+
+
+def backward(cfg: Config, s: Setup, rows: list, adv: torch.Tensor, n_total: int):
+    """Micro-batched forward/backward of the GRPO loss over this rank's rows with nonzero advantage
+    (all rows when the KL term is on); ``n_total`` rows in the global batch set the denominator.
+    Returns (loss share, (kl sum, rows), per-row knob grads {module: (B, r)})."""
     device = next(iter(s.adapter.modules.values())).delta_s.device
-    n_total = len(rows)
-    keep = list(range(n_total)) if cfg.beta > 0 else [i for i in range(n_total) if adv[i] != 0]
-    g_rows = {n: torch.zeros(n_total, m.rank) for n, m in s.adapter.modules.items()}
-    loss_sum, kl_sum, kl_n = 0.0, 0.0, 0
+    keep = list(range(len(rows))) if cfg.beta > 0 else [i for i in range(len(rows)) if adv[i] != 0]
+    g_rows = {n: torch.zeros(len(rows), m.rank) for n, m in s.adapter.modules.items()}
+    for m in s.adapter.modules.values():  # a rank whose rows all have zero advantage still all-reduces
+        m.delta_s.grad = torch.zeros_like(m.delta_s)
+    loss_sum, kl_sum = 0.0, 0.0
     for mb in range(0, len(keep), cfg.micro_batch):
         ids = keep[mb: mb + cfg.micro_batch]
         batch = make_batch([rows[i] for i in ids], s.tokenizer.pad_token_id).to(device)
@@ -432,14 +468,13 @@ def backward(cfg: Config, s: Setup, rows: list, adv: torch.Tensor):
             logp = completion_logprobs(s.model, batch)
             loss, kl = grpo_loss(logp, logp.detach(), ref, a, batch.completion_mask, cfg.clip_eps, cfg.beta,
                                  cfg.loss_norm, cfg.max_new_tokens)
-            scale = len(ids) / n_total  # every row's denominator is the whole batch's
+            scale = len(ids) / n_total  # every row's denominator is the global batch's
             (loss * scale).backward()
         for n, g in rg.items():
             g_rows[n][ids] = g.float().cpu()
         loss_sum += float(loss.detach()) * scale
         kl_sum += float(kl) * len(ids)
-        kl_n += len(ids)
-    return loss_sum, (kl_sum / kl_n if kl_n else 0.0), g_rows
+    return loss_sum, (kl_sum, len(keep)), g_rows
 
 
 def _fmt(x) -> str:

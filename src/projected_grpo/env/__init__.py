@@ -1,0 +1,12 @@
+"""The loophole coding environment: problems, flawed graders, a sandbox and a tamper-proof oracle."""
+
+from .grader import GraderPool, Reward, extract_code
+from .loopholes import clean_completion, hack_completion, hint
+from .pool import Pair, TeacherCompletion, TeacherPool, build_teacher_pool, make_pairs
+from .problems import Problem, TestCase, build_messages, load_problems, render_prompt
+
+__all__ = [
+    "GraderPool", "Reward", "extract_code", "clean_completion", "hack_completion", "hint", "Pair",
+    "TeacherCompletion", "TeacherPool", "build_teacher_pool", "make_pairs", "Problem", "TestCase",
+    "build_messages", "load_problems", "render_prompt",
+]
