@@ -7,6 +7,7 @@
   results  tables from run directories         projected-grpo results runs/*
   plot     dynamics plot                       projected-grpo plot runs/* --out dynamics.png
   export   deployable model (δS merged, δS_hack ablated)   projected-grpo export runs/x --out model/
+  sweep    a grid of runs, locally or on Ray   projected-grpo sweep --arms none erase route --seeds 0 1 --out runs/sw
 
 User mistakes print one line (`error: ...`) and exit 2, never a traceback.
 """
@@ -17,7 +18,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -128,7 +129,7 @@ def cmd_check(argv: list[str]) -> int:
 class GradeArgs:
     """Grade a JSONL of {"problem_id", "mode", "completion"}; each output line is the input plus every grade."""
 
-    in_: tyro.conf.arg(name="in")[str]  # type: ignore[valid-type]
+    in_: Annotated[str, tyro.conf.arg(name="in")]
     """Input JSONL."""
     dataset: str = "builtin"
     out: str | None = None
@@ -214,8 +215,51 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
+@dataclass
+class SweepArgs:
+    """Arms × vhack sources × seeds × any config grid, one `train` run dir each under --out; skips finished
+    runs and resumes killed ones; ends with results.md and dynamics.png. Flags win over --file's keys."""
+
+    file: str | None = None
+    """TOML grid (keys: preset arms sources seeds out backend workers..., tables [overrides] and [grid])."""
+    out: str | None = None
+    """Sweep folder (default runs/sweep-<plan hash>)."""
+    preset: str | None = None
+    """Preset every run starts from (default smoke)."""
+    arms: tuple[str, ...] | None = None
+    """Interventions (default: none erase route)."""
+    sources: tuple[str, ...] | None = None
+    """vhack sources: real and/or the controls random shuffled nonhack (default real)."""
+    seeds: tuple[int, ...] | None = None
+    """Seeds (default 0)."""
+    set: tyro.conf.UseAppendAction[list[str]] = dataclasses.field(default_factory=list)
+    """FIELD=VALUE for every run, e.g. --set steps=30 --set modes=run_tests,sentinel (repeatable)."""
+    grid: tyro.conf.UseAppendAction[list[str]] = dataclasses.field(default_factory=list)
+    """FIELD=V1,V2 swept over, e.g. --grid lr=1e-3,3e-3 (repeatable; tuple fields separate values with ;)."""
+    backend: Literal["local", "ray"] | None = None
+    """`local` (subprocess pool, default) or `ray` (tasks on a local instance or --address)."""
+    workers: int | None = None
+    """Runs at once (default: one per GPU, else cores // 2)."""
+    sandbox_workers: int | None = None
+    """Grader processes per run (default: cores // workers - 1, at least 1)."""
+    address: str | None = None
+    """Ray cluster to join (e.g. `auto` or `ray://head:10001`); default: start a local instance."""
+    cpus_per_run: float | None = None
+    """Ray CPU request per run (default: cores // workers)."""
+    gpus_per_run: float | None = None
+    """Ray GPU request per run (default: 1 when the cluster has GPUs, else 0)."""
+    dry_run: bool = False
+    """Write sweep.json and print the plan without running anything."""
+
+
+def cmd_sweep(argv: list[str]) -> int:
+    from .sweep import sweep
+
+    return sweep(_cli(SweepArgs, args=argv, prog="projected-grpo sweep"))
+
+
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "check": cmd_check, "grade": cmd_grade, "results": cmd_results,
-            "plot": cmd_plot, "export": cmd_export}
+            "plot": cmd_plot, "export": cmd_export, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:
