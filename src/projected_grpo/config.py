@@ -69,6 +69,8 @@ class Config:
     """PPO clip range."""
     beta: float = 0.0
     """K3 KL coefficient to the reference (the model with knobs zeroed)."""
+    grad_checkpointing: bool = False
+    """Recompute decoder activations in backward (memory for time; needed for 4B x 1024 tokens)."""
     micro_batch: int = 16
     """Rows per forward/backward chunk (gradients accumulate; results do not depend on it)."""
     format_bonus: float = 0.1
@@ -124,6 +126,8 @@ class Config:
     # --- evaluation, sandbox, logging
     eval_every: int = 0
     """Greedy evaluation every N steps (and at the end); 0 = only at the end."""
+    eval_at_start: bool = False
+    """Also evaluate the untrained model (a metrics row at step 0)."""
     sandbox_workers: int = 0
     """Grader processes; 0 = one per CPU core."""
     sandbox_timeout_s: float = 5.0

@@ -203,6 +203,9 @@ def setup(cfg: Config, device, dtype, progress=None) -> Setup:
     note(f"loading model {cfg.model}")
     model, tok = load_model(cfg.model, dtype, device)
     adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)
+    if cfg.grad_checkpointing:  # HF checkpoints only in train mode; dropout is 0 in these models
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     workers = cfg.sandbox_workers or max(1, (os.cpu_count() or 1) // dist.world())
     grader = GraderPool(workers=workers, timeout_s=cfg.sandbox_timeout_s,
                         format_bonus=cfg.format_bonus, pass_reward=cfg.pass_reward)
@@ -264,7 +267,7 @@ def evaluate(cfg: Config, s: Setup, route: bool) -> dict:
 
     def run(prompts, ablate):
         with s.adapter.merged(ablate_hack=ablate):
-            r = generate(s.model, s.tokenizer, prompts, 1, cfg.max_new_tokens, greedy=True)
+            r = generate(s.model, s.tokenizer, prompts, 1, cfg.max_new_tokens, greedy=True, backend=cfg.rollout_backend)
         return s.grader.grade_many(list(zip(s.eval_problems, r.texts)))
 
     kept = run(hint_prompts, False)
@@ -322,6 +325,12 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         elif dist.is_main():
             basis.save(run.path / "vhack.safetensors")
         tracker = make_tracker(cfg.tracker if dist.is_main() else "none", run.path, cfg.to_dict())
+        if cfg.eval_at_start and start == 0:  # the untrained model's numbers: a row at step 0
+            if dist.is_main():
+                row0 = {"step": 0, **evaluate(cfg, s, route=cfg.intervention == "route")}
+                run.append_metrics(row0)
+                tracker.log(row0, 0)
+            dist.barrier()
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.arm} s{cfg.seed}",
                    disable=quiet, dynamic_ncols=True)
         for step in bar:

@@ -191,8 +191,8 @@ def humaneval_problem(row: dict) -> Problem:
     if fn.decorator_list or isinstance(fn, ast.AsyncFunctionDef):
         raise ValueError("decorated entry point")
     head = f"    def {entry}(self{', ' + params if params else ''}){ret}:"
-    doc_block = textwrap.indent('"""' + doc.replace('"""', "'''") + '\n"""', " " * 8) if doc else ""
-    starter = f"class Solution:\n{head}\n" + (doc_block + "\n" if doc_block else "")
+    # the docstring is the question; repeating it in the starter code would double the prompt
+    starter = f"class Solution:\n{head}\n"
     body_nodes = fn.body[1:] if has_doc else fn.body
     if not body_nodes:
         raise ValueError("empty canonical solution")
