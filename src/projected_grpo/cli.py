@@ -8,6 +8,8 @@
   plot     dynamics plot                       projected-grpo plot runs/* --out dynamics.png
   export   deployable model (δS merged, δS_hack ablated)   projected-grpo export runs/x --out model/
   sweep    a grid of runs, locally or on Ray   projected-grpo sweep --arms none erase route --seeds 0 1 --out runs/sw
+  study    headline, negative controls, no teacher, leave-one-mode-out, update space: runs + study.md
+                                               projected-grpo study --preset demo --seeds 0 1 2 --out runs/study
 
 User mistakes print one line (`error: ...`) and exit 2, never a traceback.
 """
@@ -258,8 +260,49 @@ def cmd_sweep(argv: list[str]) -> int:
     return sweep(_cli(SweepArgs, args=argv, prog="projected-grpo sweep"))
 
 
+@dataclass
+class StudyArgs:
+    """The five questions of the study (headline, controls, no_teacher, lomo, update) as runs shared where
+    configs are equal, then <out>/study.md with one table and computed readings per question (docs/STUDY.md)."""
+
+    preset: str
+    """Preset every run starts from."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of every config (n >= 3 for the readings; fewer is allowed and flagged in the report)."""
+    out: str | None = None
+    """Study folder (default runs/study-<preset>); runs go to <out>/runs/."""
+    set: tyro.conf.UseAppendAction[list[str]] = dataclasses.field(default_factory=list)
+    """FIELD=VALUE for every run, e.g. --set steps=30 --set modes=run_tests,sentinel (repeatable)."""
+    only: tuple[str, ...] = ("headline", "controls", "no_teacher", "lomo", "update")
+    """Questions to run and report (space- or comma-separated)."""
+    holdout: tuple[str, ...] | None = None
+    """Leave-one-mode-out: the modes to hold out (default: every mode of the config)."""
+    backend: Literal["local", "ray"] = "local"
+    workers: int | None = None
+    """Runs at once (default: one per GPU, else cores // 2)."""
+    sandbox_workers: int | None = None
+    """Grader processes per run (default: cores // workers - 1, at least 1)."""
+    address: str | None = None
+    """Ray cluster to join; default: a local instance."""
+    cpus_per_run: float | None = None
+    gpus_per_run: float | None = None
+    last: int | None = None
+    """Training numbers average the last N steps (default: the config's summary_last_n)."""
+    threshold: float = 0.10
+    """Matched solve: |mean Δsolve| at or below this."""
+    dry_run: bool = False
+    """Write plan.json and print the run counts without running anything."""
+
+
+def cmd_study(argv: list[str]) -> int:
+    from .study import command_line, study
+
+    return study(_cli(StudyArgs, args=argv, prog="projected-grpo study"), command_line(argv))
+
+
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "check": cmd_check, "grade": cmd_grade, "results": cmd_results,
-            "plot": cmd_plot, "export": cmd_export, "sweep": cmd_sweep}
+            "plot": cmd_plot, "export": cmd_export, "sweep": cmd_sweep,
+            "study": cmd_study}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,6 +132,8 @@ class Config:
     """Grader processes; 0 = one per CPU core."""
     sandbox_timeout_s: float = 5.0
     rollout_backend: Literal["hf", "fast"] = "hf"
+    log_samples: int = 4
+    """Student completions per step written to samples.jsonl (with their grades); 0 = none."""
     summary_last_n: int = 5
     """Steps averaged for the end-of-run summary."""
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
@@ -203,7 +205,7 @@ class Config:
         return _digest(self.to_dict(), exclude=_BOOKKEEPING | {"intervention", "vhack_source", "seed"})
 
 
-_BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed"}
+_BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples"}
 # seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.
 
 

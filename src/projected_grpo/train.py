@@ -92,6 +92,7 @@ class RunDir:
         state = torch.load(run.ckpt / "state.pt", weights_only=False) if (run.ckpt / "state.pt").exists() else None
         if state is None and run.metrics.exists():
             run.metrics.unlink()  # killed before the first checkpoint: start over
+            (path / "samples.jsonl").unlink(missing_ok=True)
         if not saved.exists() or cfg.force:
             run.write_json("config.json", {"config": cfg.to_dict(), "hash": cfg.hash(), "match_hash": cfg.match_hash(),
                                            "arm": cfg.arm, "versions": _versions(), "command": " ".join(sys.argv),
@@ -99,6 +100,10 @@ class RunDir:
         if state is not None:  # drop metric rows written after the checkpoint
             rows = run.read_metrics()
             run.rewrite_metrics([r for r in rows if r["step"] <= state["step"]])
+            samples = path / "samples.jsonl"
+            if samples.exists():
+                kept = [ln for ln in samples.read_text().splitlines() if ln.strip() and _complete_row(ln, state["step"])]
+                samples.write_text("".join(ln + "\n" for ln in kept))
         return run, state
 
     def write_json(self, name: str, obj) -> None:
@@ -134,6 +139,13 @@ class RunDir:
             self.ckpt.rename(old)
         tmp.rename(self.ckpt)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _complete_row(line: str, max_step: int) -> bool:
+    try:
+        return json.loads(line)["step"] <= max_step
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False  # a line cut by a kill
 
 
 def _json_default(o):
@@ -187,6 +199,7 @@ class Setup:
     pool: TeacherPool | None
     pairs: list[tuple[str, str, str, str]]
     grader: GraderPool
+    run_path: Path = Path(".")
 
 
 def setup(cfg: Config, device, dtype, progress=None) -> Setup:
@@ -307,8 +320,10 @@ def train(cfg: Config, quiet: bool = False) -> Path:
             print(f"{run.path}: already complete")
         return run.path
     s = setup(cfg, device, dtype, progress=None if quiet else (lambda m: print(f"[{cfg.arm} s{cfg.seed}] {m}")))
+    s.run_path = run.path
     try:
-        basis = basis_for(cfg, s)
+        # a resumed run continues with the basis it had (it may have been refreshed mid-run)
+        basis = HackBasis.load(run.ckpt / "vhack.safetensors") if state is not None else basis_for(cfg, s)
         projector = Projector(s.adapter, basis.V, cfg.intervention, cfg.gate, cfg.overshoot, cfg.preserve_magnitude)
         update_proj = UpdateProjector(projector, cfg.project_update)
         opt = torch.optim.AdamW(s.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -316,8 +331,6 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         start = 0
         if state is not None:
             s.adapter.load(run.ckpt / "knobs.safetensors")
-            basis = HackBasis.load(run.ckpt / "vhack.safetensors")
-            projector.set_basis(basis.V)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
@@ -398,6 +411,14 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
             rows.append((prompt_ids, encode_completion(s.tokenizer, tc.completion)))
             tg = tc.grade
             records.append((gi, Gs + j, False, tg["reward"], tg["exploited"], tg["gt_correct"], tg["mechanism"], False))
+    if dist.is_main() and cfg.log_samples and Gs:  # a few raw samples: what the model actually wrote
+        with open(s.run_path / "samples.jsonl", "a") as f:
+            for k in range(min(cfg.log_samples, len(roll.texts))):
+                g = s_grades[k]
+                f.write(json.dumps({"step": step + 1, "problem_id": problems[k // Gs].id, "mode": g.mechanism,
+                                    "reward": g.reward, "passed": g.passed, "gt_correct": g.gt_correct,
+                                    "exploited": g.exploited, "truncated": roll.truncated[k],
+                                    "completion": roll.texts[k]}) + "\n")
     # --- 4. advantages per group; zero-variance groups contribute nothing (only the reward is read)
     R = torch.tensor([r[3] for r in records], dtype=torch.float32).view(len(problems), G)
     adv, zero_var = advantages(R, cfg.advantage)

@@ -1,0 +1,243 @@
+"""`projected-grpo study`: the plan (shared runs, matched configs), readings computed from synthetic run
+dirs with known answers, and one real smoke study end to end (then re-run: every run skipped)."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from projected_grpo import study
+from projected_grpo.cli import main, parse_config
+
+MODES = ["run_tests", "sentinel"]
+
+
+def _cfg(job):
+    return parse_config(job.flags)
+
+
+# ------------------------------------------------------------------------- the plan
+def test_data_seed_is_the_trainers():
+    from projected_grpo.train import DATA_SEED
+
+    assert study.DATA_SEED == DATA_SEED
+
+
+def test_default_plan_counts_and_shared_runs(tmp_path):
+    plan = study.make_plan("smoke", (0, 1, 2), {}, tmp_path)
+    per_q = {q: len({j.name for c in plan.cells_of(q) for j in c.jobs}) for q in plan.questions}
+    assert per_q == {"headline": 9, "controls": 15, "no_teacher": 9, "lomo": 6 * 9, "update": 9}
+    assert len(plan.jobs) == 9 + 9 + 9 + 54 + 3  # shared configs run once
+    keys = [(j.hash, j.seed) for j in plan.jobs.values()]
+    assert len(keys) == len(set(keys))  # never the same config + seed twice
+    van = {c.question: c.jobs for c in plan.cells if c.label == "vanilla"}
+    assert van["headline"] is not None and van["controls"] == van["headline"] == van["update"]
+    erase = {c.question: c.jobs for c in plan.cells if c.label in ("erase", "erase (real V)", "erase, gradient space")}
+    assert erase["headline"] == erase["controls"] == erase["update"]
+    # every arm is paired with a vanilla of the same config except arm and basis (update: + project_update)
+    for c in plan.cells:
+        if c.vanilla is None:
+            continue
+        v = next(x for x in plan.cells if x.question == c.question and x.label == c.vanilla)
+        for j, vj in zip(c.jobs, v.jobs):
+            assert j.seed == vj.seed
+            a, b = _cfg(j).to_dict(), _cfg(vj).to_dict()
+            differ = {k for k in a if a[k] != b[k]} - {"intervention", "vhack_source"}
+            assert differ <= ({"project_update"} if c.question == "update" else set()), (c.label, differ)
+    # leave one mode out: V and the teacher pool from the other modes; training sees all of them
+    folds = {c.fold for c in plan.cells if c.question == "lomo"}
+    assert folds == set(parse_config([]).modes)
+    for c in plan.cells_of("lomo"):
+        cfg = _cfg(c.jobs[0])
+        assert c.fold not in cfg.vhack_known_modes and set(cfg.vhack_known_modes) | {c.fold} == set(cfg.modes)
+    nt = _cfg(plan.cells_of("no_teacher")[1].jobs[0])
+    assert nt.mix_ratio == 0 and nt.intervention == "erase"
+    up = [_cfg(c.jobs[0]).project_update for c in plan.cells_of("update")]
+    assert up == [False, False, True]
+
+
+def test_plan_checks_the_eval_split(tmp_path):
+    plan = study.make_plan("smoke", (0, 1), {"modes": MODES, "eval_problems": "1"}, tmp_path)
+    assert sum(plan.eval_modes.values()) == 1
+    assert any("holds no problem of mode" in n for n in plan.notes)
+    assert any("n = 2 seed(s) < 3" in n for n in plan.notes)
+    plan = study.make_plan("smoke", (0, 1, 2), {"modes": MODES, "eval_problems": "4"}, tmp_path)
+    assert plan.eval_modes == {"run_tests": 2, "sentinel": 2} and not plan.notes
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--only", "headline,bogus"], "unknown question"),
+    (["--holdout", "eq_override", "--set", "modes=run_tests,sentinel"], "not among the study's modes"),
+    (["--set", "seed=3"], "set by the sweep"),
+    (["--seeds", "0", "0"], "repeats a seed"),
+])
+def test_user_errors_are_one_line(tmp_path, capsys, argv, msg):
+    assert main(["study", "--preset", "smoke", "--out", str(tmp_path), "--dry-run", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and msg in err and "\n" not in err
+
+
+def test_dry_run_prints_counts(tmp_path, capsys):
+    assert main(["study", "--preset", "smoke", "--out", str(tmp_path), "--dry-run", "--only", "headline,update"]) == 0
+    out = capsys.readouterr().out
+    assert "headline 9, update 9; 12 unique" in out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["unique_runs"] == 12 and not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------- readings from synthetic runs
+def _noise(name: str, seed: int) -> float:
+    return (zlib.crc32(f"{name}{seed}".encode()) % 7) * 0.01  # 0 … 0.06, different per arm and seed
+
+
+def _values(cfg, scenario: str) -> dict:
+    """Final-eval hack/solve per run; `clear`: real V works everywhere, `null`: nothing differs,
+    `costly`: erase cuts hack but also solve."""
+    held = [m for m in cfg.modes if m not in (cfg.vhack_known_modes or cfg.modes)]
+    hack, solve, abl = 0.8, 0.5, None
+    if scenario in ("clear", "costly") and cfg.intervention != "none":
+        if cfg.vhack_source != "real":
+            hack = 0.78
+        elif cfg.intervention == "route":
+            hack, abl = 0.6, 0.1
+        else:
+            hack = 0.05 if cfg.project_update else 0.2
+            solve = 0.2 if scenario == "costly" else 0.5
+    good = scenario == "clear" and cfg.intervention == "erase" and cfg.vhack_source == "real"
+    mode_hack = {m: (0.0 if good and m in held else 1.0) for m in cfg.modes}
+    return {"hack": hack, "solve": solve, "abl": abl if abl is not None else hack, "mode_hack": mode_hack,
+            "count": {m: (0 if good and m in held else 3) for m in cfg.modes}}
+
+
+def _write_runs(plan, scenario: str, drop_eval_mode: str | None = None) -> None:
+    for job in plan.jobs.values():
+        cfg = parse_config(job.flags)
+        d = Path(job.run_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "hash": cfg.hash(),
+                                                   "match_hash": cfg.match_hash(), "arm": cfg.arm}))
+        v, e = _values(cfg, scenario), _noise(job.name, job.seed)
+        rows = [{"step": s, "hack_s": v["hack"] + e, "gt_s": v["solve"] + e, "cout": 0.0, "cout_update": 0.1,
+                 **{f"hack_s_{m}": v["count"][m] for m in cfg.modes}} for s in range(1, 4)]
+        ev = {"hack_kept": v["hack"] + e, "solve_kept": v["solve"] + e, "hack_abl": v["abl"] + e,
+              "solve_abl": v["solve"] + e}
+        for m in cfg.modes:
+            if m != drop_eval_mode:
+                ev |= {f"eval_hack_kept_{m}": v["mode_hack"][m] - e, f"eval_hack_abl_{m}": v["mode_hack"][m] - e,
+                       f"eval_solve_abl_{m}": 0.5}
+        rows[-1].update(ev)
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "summary.json").write_text("{}")
+
+
+def _readings(sections) -> dict[str, str]:
+    return {f"{s.question}: {r.claim}": r.verdict for s in sections for r in s.readings}
+
+
+def _plan(tmp_path, seeds=(0, 1, 2)):
+    return study.make_plan("smoke", seeds, {"modes": MODES, "eval_problems": "4"}, tmp_path / "st")
+
+
+def test_readings_yes_when_real_v_clearly_wins(tmp_path):
+    plan = _plan(tmp_path)
+    _write_runs(plan, "clear")
+    sections, notes = study.build(plan, last=5, threshold=0.1)
+    r = _readings(sections)
+    assert set(r.values()) == {"yes"}, r
+    assert r["controls: real V beats all controls on Δhack by more than 2 SE"] == "yes"
+    assert r["no_teacher: the effect survives without the teacher pool (erase, mix_ratio = 0)"] == "yes"
+    assert r["lomo: real V beats random V on held-out mode run_tests"] == "yes"
+    assert r["lomo: real V beats random V on held-out mode sentinel"] == "yes"
+    head = next(s for s in sections if s.question == "headline")
+    assert head.numbers == "eval"
+    assert [row[0] for row in head.rows] == ["vanilla", "erase", "route", "route (δS_hack ablated)"]
+    erase = head.rows[1]
+    c = head.columns
+    assert erase[c.index("n")] == 3 and erase[c.index("matched_solve")] is True
+    assert erase[c.index("Δhack")].mean == pytest.approx(-0.6, abs=0.07)
+    lomo = next(s for s in sections if s.question == "lomo")
+    assert [row[0] for row in lomo.rows] == MODES  # per mode, not averaged
+    assert all(row[1] == "eval" for row in lomo.rows)
+    text = study.render(plan, sections, notes, "projected-grpo study test", 5, 0.1, {})
+    for q in study.QUESTIONS:
+        assert study.TITLES[q] in text
+    assert "real V beats random V on held-out mode sentinel: yes" in text and "Reading rules" in text
+
+
+def test_readings_no_when_nothing_differs(tmp_path):
+    plan = _plan(tmp_path)
+    _write_runs(plan, "null")
+    r = _readings(study.build(plan, last=5, threshold=0.1)[0])
+    assert r["headline: erase reduces hack vs vanilla by more than 2 SE at matched solve"] == "no"
+    assert r["controls: real V beats all controls on Δhack by more than 2 SE"] == "no"
+    assert r["no_teacher: the effect survives without the teacher pool (erase, mix_ratio = 0)"] == "no"
+    assert r["lomo: real V beats random V on held-out mode run_tests"] == "no"
+    assert r["update: update-space erase has lower hack than gradient-space erase by more than 2 SE"] == "no"
+
+
+def test_hack_cut_that_costs_solve_is_not_a_yes(tmp_path):
+    plan = _plan(tmp_path)
+    _write_runs(plan, "costly")
+    sections = study.build(plan, last=5, threshold=0.1)[0]
+    r = _readings(sections)
+    assert r["headline: erase reduces hack vs vanilla by more than 2 SE at matched solve"] == "no"
+    head = next(s for s in sections if s.question == "headline")
+    assert head.rows[1][head.columns.index("matched_solve")] is False
+
+
+def test_mode_absent_from_eval_is_reported_not_faked(tmp_path):
+    plan = _plan(tmp_path)
+    _write_runs(plan, "clear", drop_eval_mode="sentinel")
+    sections = study.build(plan, last=5, threshold=0.1)[0]
+    lomo = next(s for s in sections if s.question == "lomo")
+    rows = {row[0]: row for row in lomo.rows}
+    assert rows["run_tests"][1] == "eval" and rows["sentinel"][1] == "train"
+    assert rows["sentinel"][lomo.columns.index("hack_M real V")].mean == 0  # training counts on the held-out mode
+    why = next(r.why for r in lomo.readings if r.claim.endswith("sentinel"))
+    assert "absent from the eval set" in why
+    assert any("absent from the evaluation set" in x for x in lomo.extra)
+
+
+def test_one_seed_gives_na_not_a_verdict(tmp_path):
+    plan = _plan(tmp_path, seeds=(0,))
+    _write_runs(plan, "clear")
+    r = _readings(study.build(plan, last=5, threshold=0.1)[0])
+    assert set(r.values()) == {"n/a"}, r
+
+
+# ------------------------------------------------------------------------- the real thing, tiny
+def test_smoke_study_end_to_end_then_idempotent(tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["study", "--preset", "smoke", "--seeds", "0", "1", "--out", str(out), "--workers", "2",
+            "--sandbox-workers", "1", "--set", "steps=2", "--set", "eval_problems=4",
+            "--set", "modes=run_tests,sentinel", "--holdout", "sentinel"]
+    assert main(argv) == 0, capsys.readouterr()
+    text = capsys.readouterr().out
+    n = 3 + 3 + 3 + 3 + 1  # headline, controls (+3), no_teacher (+3), one lomo fold (+3), update (+1) configs
+    assert f"{2 * n} done, 0 resumed, 0 skipped, 0 failed" in text
+    md = (out / "study.md").read_text()
+    for q in study.QUESTIONS:
+        assert f"## {study.TITLES[q]}" in md
+    assert "command: `projected-grpo study --preset smoke --seeds 0 1" in md
+    doc = json.loads((out / "study.json").read_text())
+    assert set(doc["sections"]) == set(study.QUESTIONS)
+    assert [r[0] for r in doc["sections"]["headline"]["rows"]] == ["vanilla", "erase", "route",
+                                                                   "route (δS_hack ablated)"]
+    assert [r[0] for r in doc["sections"]["controls"]["rows"]] == ["vanilla", "erase (real V)", "erase-random",
+                                                                   "erase-shuffled", "erase-nonhack"]
+    assert [r[0] for r in doc["sections"]["lomo"]["rows"]] == ["sentinel"]
+    assert all(r["verdict"] in ("yes", "no", "n/a") for s in doc["sections"].values() for r in s["readings"])
+    for png in ("headline", "controls", "no_teacher", "update", "lomo"):
+        assert (out / f"{png}.png").stat().st_size > 0
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(runs) == 2 * n
+    # again: every run is skipped, the report is rewritten
+    t0 = time.time()
+    assert main(argv) == 0
+    assert f"0 done, 0 resumed, {2 * n} skipped, 0 failed" in capsys.readouterr().out
+    assert time.time() - t0 < 60
+    assert sorted(p.name for p in (out / "runs").iterdir()) == runs
