@@ -60,6 +60,14 @@ def test_control_bases(source, tmp_path):
     assert json.loads((tmp_path / source / "config.json").read_text())["arm"] == f"erase-{source}"
 
 
+def test_basis_refresh_logs_overlap_and_pure_on_policy_runs(tmp_path):
+    rows = _train(tmp_path / "refresh", "--intervention", "route", "--steps", "3", "--vhack-refresh-every", "1",
+                  "--mix-ratio", "0", "--eval-problems", "0")
+    overlaps = [r["basis_overlap"] for r in rows if "basis_overlap" in r]
+    assert len(overlaps) == 2 and all(0.0 <= o <= 1.0 + 1e-6 for o in overlaps)  # refreshed after steps 1, 2
+    assert all(r["hack_t"] is None and r["cin_t"] is None for r in rows)  # no teacher rows at mix_ratio 0
+
+
 def test_route_first_step_equals_erase_with_teacher_only(tmp_path):
     # mix_ratio 1: rollouts do not depend on the model, so both arms see the same gradient at step 1.
     # grad clip off: AdamW's first step would otherwise see route's larger joint norm (eps breaks exactness).

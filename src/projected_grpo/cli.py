@@ -100,8 +100,10 @@ def cmd_demo(argv: list[str]) -> int:
     over = {k: v for k, v in (("steps", args.steps), ("model", args.model)) if v is not None}
     runs = []
     for arm in ("none", "erase", "route"):
+        # every arm starts from the same model, so the untrained model is evaluated once (vanilla's step 0)
         cfg = dataclasses.replace(base, intervention=arm, seed=args.seed, run_dir=f"{args.out}/{arm}",
-                                  resume=args.resume and Path(args.out, arm, "config.json").exists(), **over)
+                                  resume=args.resume and Path(args.out, arm, "config.json").exists(),
+                                  eval_at_start=base.eval_at_start and arm == "none", **over)
         runs.append(str(train(cfg)))
     table = Path(args.out) / "results.md"
     rc = results_cli(runs, last=base.summary_last_n, fmt="md", out=str(table))

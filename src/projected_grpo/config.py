@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -120,6 +121,8 @@ class Config:
     # --- teacher pool
     teacher_pool: str | None = None
     """JSONL of graded completions to use as the teacher pool; None = built from templates."""
+    teacher_kinds: tuple[str, ...] = ("hack", "clean", "wrong", "rollout")
+    """Which pool completions may enter a group: template `hack`, `clean`, `wrong` (failed attempt), real `rollout`."""
     teacher_per_problem: int = 4
     """Template completions per problem and kind (hack, clean) when building the pool."""
 
@@ -132,6 +135,9 @@ class Config:
     """Grader processes; 0 = one per CPU core."""
     sandbox_timeout_s: float = 5.0
     rollout_backend: Literal["hf", "fast"] = "hf"
+    """`hf`: stock generate (reference); `fast`: static KV cache + CUDA graphs (fastgen.py)."""
+    rollout_compile: bool = True
+    """With the fast backend on CUDA, fuse the decode step with torch.compile (~1 min once per process)."""
     log_samples: int = 4
     """Student completions per step written to samples.jsonl (with their grades); 0 = none."""
     summary_last_n: int = 5
@@ -186,6 +192,11 @@ class Config:
                    if m not in LOOPHOLE_MODES]
         if unknown:
             bad(f"unknown loophole mode(s) {unknown}; choose from {list(LOOPHOLE_MODES)}")
+        if self.layers is not None and not re.fullmatch(r"\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*", self.layers):
+            bad(f"--layers must look like 10-20 or 0,5,9 or 0-3,8; got {self.layers!r}")
+        bad_kinds = set(self.teacher_kinds) - {"hack", "clean", "wrong", "rollout"}
+        if bad_kinds or not self.teacher_kinds:
+            bad(f"--teacher-kinds must be a non-empty subset of hack clean wrong rollout, got {list(self.teacher_kinds)}")
         if not self.modes:
             bad("--modes needs at least one loophole mode")
         if self.teacher_per_group > 0 and self.teacher_per_problem <= 0 and self.teacher_pool is None:
@@ -205,7 +216,8 @@ class Config:
         return _digest(self.to_dict(), exclude=_BOOKKEEPING | {"intervention", "vhack_source", "seed"})
 
 
-_BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples"}
+_BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples",
+                "eval_at_start"}
 # seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.
 
 
@@ -229,11 +241,12 @@ BASE = Config()
 PRESETS: dict[str, Config] = {
     # tiny random model, builtin problems, CPU: the first test of every change (seconds).
     "smoke": dataclasses.replace(BASE, preset="smoke"),
-    # the embedded real model on HumanEval, sized for a 2-core CPU (see docs/LOG.md for the recipe).
+    # the embedded real model on HumanEval, sized for a 2-core CPU (3 arms in under 15 minutes):
+    # top 6 of 30 layers, rank 128, short completions. docs/LOG.md records what this does and does not show.
     "demo": dataclasses.replace(
-        BASE, preset="demo", model="smollm2", dataset="humaneval", steps=12, prompts_per_step=4, group=6,
-        mix_ratio=0.5, max_new_tokens=160, lr=2e-3, eval_problems=12, vhack_k=8, vhack_pairs=24,
-        layers=None, target_modules=("q_proj", "v_proj", "o_proj", "up_proj", "down_proj"),
+        BASE, preset="demo", model="smollm2", dataset="humaneval", steps=8, prompts_per_step=4, group=4,
+        mix_ratio=0.5, max_new_tokens=128, temperature=0.7, lr=0.1, layers="24-29", adapter_rank=128,
+        eval_problems=6, eval_at_start=True, vhack_k=8, vhack_pairs=12, summary_last_n=4,
     ),
     # a hub model on one GPU.
     "fast": dataclasses.replace(

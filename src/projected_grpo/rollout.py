@@ -33,14 +33,15 @@ class Rollouts:
 
 def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, *, temperature: float = 1.0,
              top_p: float = 1.0, greedy: bool = False, seeds: list[int] | None = None, batch_size: int = 64,
-             backend: str = "hf") -> Rollouts:
+             backend: str = "hf", compile: bool | None = None) -> Rollouts:
     """Sample ``n`` completions for each prompt text (already chat-templated); ``seeds`` gives one
-    seed per completion (len(prompts) * n), default 0..N-1. ``backend``: ``hf`` or ``fast``."""
+    seed per completion (len(prompts) * n), default 0..N-1. ``backend``: ``hf`` or ``fast``
+    (``compile``: fuse the fast decode step with torch.compile; default on CUDA)."""
     if backend == "fast":
         from . import fastgen
 
         return fastgen.generate(model, tokenizer, prompts, n, max_new_tokens, temperature=temperature, top_p=top_p,
-                                greedy=greedy, seeds=seeds)
+                                greedy=greedy, seeds=seeds, compile=compile)
     if backend != "hf":
         raise ValueError(f"unknown rollout backend {backend!r}")
     out = Rollouts([], [], [], [])

@@ -200,6 +200,7 @@ class Setup:
     pairs: list[tuple[str, str, str, str]]
     grader: GraderPool
     run_path: Path = Path(".")
+    teacher_kinds: tuple[str, ...] = ()
 
 
 def setup(cfg: Config, device, dtype, progress=None) -> Setup:
@@ -229,7 +230,7 @@ def setup(cfg: Config, device, dtype, progress=None) -> Setup:
     if not pair_list:
         raise ConfigError("no (hack, clean) pairs could be made from these problems and --vhack-known-modes")
     pairs = [(render_prompt(tok, p.problem), p.hack, p.clean, p.clean_alt) for p in pair_list]
-    return Setup(model, tok, adapter, train_problems, eval_problems, pool, pairs, grader)
+    return Setup(model, tok, adapter, train_problems, eval_problems, pool, pairs, grader, teacher_kinds=cfg.teacher_kinds)
 
 
 def teacher_pool(cfg: Config, problems: list[Problem], grader: GraderPool, note) -> TeacherPool:
@@ -280,7 +281,8 @@ def evaluate(cfg: Config, s: Setup, route: bool) -> dict:
 
     def run(prompts, ablate):
         with s.adapter.merged(ablate_hack=ablate):
-            r = generate(s.model, s.tokenizer, prompts, 1, cfg.max_new_tokens, greedy=True, backend=cfg.rollout_backend)
+            r = generate(s.model, s.tokenizer, prompts, 1, cfg.max_new_tokens, greedy=True, backend=cfg.rollout_backend,
+                         compile=cfg.rollout_compile)
         return s.grader.grade_many(list(zip(s.eval_problems, r.texts)))
 
     kept = run(hint_prompts, False)
@@ -392,7 +394,8 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     with s.adapter.merged():
         roll = generate(s.model, s.tokenizer, prompts, Gs, cfg.max_new_tokens, temperature=cfg.temperature,
                         top_p=cfg.top_p, seeds=[derive_seed(cfg.seed, step, "sample", gi, j) for gi in mine
-                                                for j in range(Gs)], backend=cfg.rollout_backend)
+                                                for j in range(Gs)], backend=cfg.rollout_backend,
+                        compile=cfg.rollout_compile)
     gen_time = time.perf_counter() - t_gen
     teacher = [draw_teacher(s, p, Gt, derive_seed(cfg.seed, step, "teacher", gi)) for p, gi in zip(problems, mine)]
     # --- 3. grade students in the sandbox pool; teacher grades are frozen in the pool
@@ -426,7 +429,8 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     loss_val, kl_sum, g_rows = backward(cfg, s, rows, adv.flatten(), n_total=P * G)
     student = torch.tensor([r[2] for r in records], dtype=torch.bool)
     names = list(s.adapter.modules)
-    g_src = [g_rows[n][mask].sum(0) for mask in (student, ~student) for n in names]
+    knob_device = next(iter(s.adapter.modules.values())).delta_s.device
+    g_src = [g_rows[n][mask].sum(0).to(knob_device) for mask in (student, ~student) for n in names]
     # --- 6. all-reduce knob gradients and diagnostic sums: every rank now holds the global batch's
     grads = [m.delta_s.grad for m in s.adapter.modules.values()]
     dist.all_reduce_(grads + g_src)
@@ -469,7 +473,7 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
 def draw_teacher(s: Setup, problem: Problem, n: int, seed: int) -> list:
     if n == 0:
         return []
-    cands = s.pool.for_problem(problem.id) if s.pool is not None else []
+    cands = [t for t in (s.pool.for_problem(problem.id) if s.pool is not None else []) if t.kind in s.teacher_kinds]
     if not cands:
         raise ConfigError(f"the teacher pool has no completion for problem {problem.id}")
     gen = torch.Generator().manual_seed(seed)
