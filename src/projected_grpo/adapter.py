@@ -121,6 +121,25 @@ class KnobLinear(nn.Module):
         return (self.U.float() * s.detach()) @ self.Vh.float()
 
 
+_warned_merge = False
+
+
+def _warn_low_precision_merge(modules: dict) -> None:
+    """bf16/fp16 weights round W + U diag(δS) Vh: knob changes below the weight's precision
+    (~4e-3 relative in bf16) are partly lost in the merged copy used for generation."""
+    global _warned_merge
+    if _warned_merge or not modules:
+        return
+    dtype = next(iter(modules.values())).base.weight.dtype
+    if dtype in (torch.bfloat16, torch.float16):
+        import warnings
+
+        warnings.warn(f"merging knobs into {dtype} weights for generation rounds small knob updates; "
+                      "rollouts then sample a slightly different policy than the one trained "
+                      "(use --dtype float32 for exact merges)", stacklevel=3)
+        _warned_merge = True
+
+
 def _layer_filter(spec: str | None) -> set[int] | None:
     """``"10-20"`` / ``"0,5,9"`` / ``"0-3,8"`` → layer indices; None = all."""
     if spec is None:
@@ -222,6 +241,7 @@ class SVDAdapter:
     def merged(self, ablate_hack: bool = False) -> Iterator[None]:
         """Fold the knobs into the base weights for no-grad generation; restore exactly on exit."""
         originals: dict[str, torch.Tensor] = {}
+        _warn_low_precision_merge(self.modules)
         try:
             with torch.no_grad(), self._state("merged"):
                 for n, m in self.modules.items():
@@ -251,6 +271,7 @@ class SVDAdapter:
     def metadata(self) -> dict:
         return {
             "base_model": self.base_id,
+            "dtype": str(next(iter(self.modules.values())).base.weight.dtype).removeprefix("torch."),
             "modules": json.dumps({n: m.rank for n, m in self.modules.items()}),
             "svd_keys": json.dumps({n: m.svd_key for n, m in self.modules.items()}),
         }
@@ -272,10 +293,16 @@ class SVDAdapter:
         """Load knobs saved by `save`; refuses a file made on another base model or module set."""
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
+            raise AdapterError(f"{path}: not a readable knob file ({type(e).__name__}: {e})") from None
         mine = self.metadata()
+        if meta.get("dtype", mine["dtype"]) != mine["dtype"]:
+            raise AdapterError(f"{path}: knobs were trained on {meta['dtype']} weights, this model is {mine['dtype']}; "
+                               f"load it with --dtype {meta['dtype']}")
         if json.loads(meta.get("svd_keys", "{}")) != json.loads(mine["svd_keys"]):
             theirs = meta.get("base_model", "?")
             raise AdapterError(

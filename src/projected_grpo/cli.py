@@ -26,9 +26,6 @@ import tyro
 
 from .config import PRESETS, Config, ConfigError
 
-VERBS = ("train", "demo", "check", "grade", "results", "plot", "export")
-
-
 def _cli(cls, **kwargs):
     """``tyro.cli`` with its framed parse errors condensed to one ``error: ...`` line."""
     import contextlib
@@ -52,6 +49,8 @@ def parse_config(argv: list[str], prog: str = "projected-grpo train") -> Config:
     preset = "smoke"
     rest = list(argv)
     for i, a in enumerate(argv):
+        if a == "--preset" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            raise ConfigError(f"--preset needs a name: one of {sorted(PRESETS)}")
         if a == "--preset" and i + 1 < len(argv):
             preset = argv[i + 1]
             rest = argv[:i] + argv[i + 2:]
@@ -199,6 +198,8 @@ class ExportArgs:
 def cmd_export(argv: list[str]) -> int:
     import json
 
+    import torch
+
     from .adapter import SVDAdapter
     from .config import config_from_dict
     from .models import load_model
@@ -211,6 +212,10 @@ def cmd_export(argv: list[str]) -> int:
         raise ConfigError(f"{run} is not a run directory with a checkpoint (need config.json and ckpt/knobs.safetensors)")
     cfg = config_from_dict(json.loads((run / "config.json").read_text())["config"])
     device, dtype = resolve_device(cfg)
+    from safetensors import safe_open
+
+    with safe_open(str(knobs), "pt") as f:  # rebuild the base in the dtype the knobs were trained on
+        dtype = getattr(torch, (f.metadata() or {}).get("dtype", str(dtype).removeprefix("torch.")))
     model, tok = load_model(cfg.model, dtype, device)
     adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)
     adapter.load(knobs)
@@ -321,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[verb](rest) or 0
-    except (ConfigError, ModelLoadError, AdapterError, FileNotFoundError) as e:
+    except (ConfigError, ModelLoadError, AdapterError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

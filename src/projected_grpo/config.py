@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -147,7 +148,7 @@ class Config:
     # --- run bookkeeping (excluded from the config hash)
     seed: int = 0
     run_dir: str | None = None
-    """Run directory; default runs/<arm>-<source>-s<seed>-<hash>."""
+    """Run directory; default runs/<arm>-s<seed>-<hash> (arm carries the basis for controls: erase-random)."""
     resume: bool = False
     """Continue a killed run from its run directory's checkpoint."""
     force: bool = False
@@ -192,6 +193,17 @@ class Config:
                    if m not in LOOPHOLE_MODES]
         if unknown:
             bad(f"unknown loophole mode(s) {unknown}; choose from {list(LOOPHOLE_MODES)}")
+        for name in ("lr", "beta", "clip_eps", "overshoot", "grad_clip", "temperature", "weight_decay",
+                     "sandbox_timeout_s", "format_bonus", "pass_reward"):
+            if not math.isfinite(getattr(self, name)):
+                bad(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
+        for name in ("warmup_steps", "sandbox_workers", "log_samples", "teacher_per_problem"):
+            if getattr(self, name) < 0:
+                bad(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.sandbox_timeout_s <= 0 or self.summary_last_n <= 0:
+            bad("--sandbox-timeout-s and --summary-last-n must be positive")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            bad(f"--device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.layers is not None and not re.fullmatch(r"\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*", self.layers):
             bad(f"--layers must look like 10-20 or 0,5,9 or 0-3,8; got {self.layers!r}")
         bad_kinds = set(self.teacher_kinds) - {"hack", "clean", "wrong", "rollout"}
@@ -244,7 +256,7 @@ PRESETS: dict[str, Config] = {
     # the embedded real model on HumanEval, sized for a 2-core CPU (3 arms in under 15 minutes):
     # top 6 of 30 layers, rank 128, short completions. docs/LOG.md records what this does and does not show.
     "demo": dataclasses.replace(
-        BASE, preset="demo", model="smollm2", dataset="humaneval", steps=8, prompts_per_step=4, group=4,
+        BASE, preset="demo", model="smollm2", dataset="humaneval", steps=6, prompts_per_step=4, group=4,
         mix_ratio=0.5, max_new_tokens=128, temperature=0.7, lr=0.1, layers="24-29", adapter_rank=128,
         eval_problems=6, eval_at_start=True, vhack_k=8, vhack_pairs=12, summary_last_n=4,
     ),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class HackBasis:
             tensors[f"{n}::V"] = self.V[n].float().cpu().contiguous()
             tensors[f"{n}::S"] = self.S[n].float().cpu().contiguous()
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # concurrent writers never share a tmp file
         save_file(tensors, tmp, metadata={"meta": json.dumps(self.meta, sort_keys=True)})
         tmp.replace(path)
 

@@ -143,6 +143,8 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
         model, tok = tiny_model(dtype), tiny_tokenizer()
     else:
         path = str(embedded_checkpoint()) if name in EMBEDDED_ALIASES else name
+        if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().is_dir():
+            raise ModelLoadError(f"--model {name}: no such folder")
         try:
             tok = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -155,7 +155,7 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
             continue
         if not p.is_dir():
             raise ReportError(f"{p}: not a run directory (no config.json)")
-        below = sorted({c.parent for c in p.rglob("config.json")})
+        below = sorted({c.parent for c in p.rglob("config.json") if _looks_like_run(c)})
         below = [d for d in below if not any(a in below for a in d.parents)]  # skip run dirs' insides
         if not below:
             raise ReportError(f"{p}: not a run directory and holds none (no config.json below it)")
@@ -163,6 +163,14 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     if not found:
         raise ReportError("no run directories given")
     return sorted(found)
+
+
+def _looks_like_run(config_json: Path) -> bool:
+    """Below a folder, only configs written by the trainer count (a model folder has a config.json too)."""
+    try:
+        return '"match_hash"' in config_json.read_text(errors="replace")[:200_000]
+    except OSError:
+        return False
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -225,7 +233,8 @@ def build_tables(runs: Sequence[Run], last: int = 5, matched_threshold: float = 
                     ["run", "arm", "source", "seed", "steps", "status", "hash", "match_hash", *TRAIN_KEYS, *EVAL_KEYS])
     for r in ordered:
         planned = r.config.get("steps")
-        steps = f"{len(r.rows)}/{planned}" if planned is not None else str(len(r.rows))
+        done = sum(1 for row in r.rows if row["step"] > 0)  # step 0 = the untrained model's evaluation
+        steps = f"{done}/{planned}" if planned is not None else str(done)
         per_run.rows.append([r.name, r.arm, r.source, r.seed, steps, "done" if r.complete else "incomplete",
                              r.hash, r.match_hash, *(r.last_mean(k, last) for k in TRAIN_KEYS),
                              *(r.last_value(k) for k in EVAL_KEYS)])

@@ -75,13 +75,16 @@ class RunDir:
         path = Path(cfg.run_dir or f"runs/{cfg.arm}-s{cfg.seed}-{cfg.hash()}")
         run = cls(path)
         if not write:
-            state_file = run.ckpt / "state.pt"
-            return run, torch.load(state_file, weights_only=False) if state_file.exists() else None
+            return run, run.load_state()
         saved = path / "config.json"
-        if saved.exists() and not cfg.resume:
+        started = (run.ckpt / "state.pt").exists() or (path / "ckpt.old").exists() or run.metrics.exists()
+        if saved.exists() and not cfg.resume and started:
             raise ConfigError(f"{path} already holds a run; pass --resume to continue it or pick another --run-dir")
-        if saved.exists():
-            old = config_from_dict(json.loads(saved.read_text())["config"])
+        if saved.exists() and started:  # a run that never reached its first step is simply redone
+            try:
+                old = config_from_dict(json.loads(saved.read_text())["config"])
+            except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
+                raise ConfigError(f"{saved} is not a readable run config ({e}); pick another --run-dir") from None
             if old.hash() != cfg.hash() or old.seed != cfg.seed:
                 diff = [k for k, v in cfg.to_dict().items() if old.to_dict().get(k) != v
                         and k not in ("resume", "force", "run_dir", "preset", "tracker", "sandbox_workers")]
@@ -89,11 +92,14 @@ class RunDir:
                     raise ConfigError(f"{path} was made with another config (differs in {diff}); "
                                       f"refusing to resume (--force to override)")
         path.mkdir(parents=True, exist_ok=True)
-        state = torch.load(run.ckpt / "state.pt", weights_only=False) if (run.ckpt / "state.pt").exists() else None
+        old_ckpt = path / "ckpt.old"
+        if not run.ckpt.exists() and old_ckpt.exists():  # killed between the two renames of save_checkpoint
+            old_ckpt.rename(run.ckpt)
+        state = run.load_state()
         if state is None and run.metrics.exists():
             run.metrics.unlink()  # killed before the first checkpoint: start over
             (path / "samples.jsonl").unlink(missing_ok=True)
-        if not saved.exists() or cfg.force:
+        if not saved.exists() or cfg.force or not started:
             run.write_json("config.json", {"config": cfg.to_dict(), "hash": cfg.hash(), "match_hash": cfg.match_hash(),
                                            "arm": cfg.arm, "versions": _versions(), "command": " ".join(sys.argv),
                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -105,6 +111,15 @@ class RunDir:
                 kept = [ln for ln in samples.read_text().splitlines() if ln.strip() and _complete_row(ln, state["step"])]
                 samples.write_text("".join(ln + "\n" for ln in kept))
         return run, state
+
+    def load_state(self) -> dict | None:
+        f = self.ckpt / "state.pt"
+        if not f.exists():
+            return None
+        try:  # on CPU first: a GPU checkpoint resumes anywhere, every rank loads its own copy
+            return torch.load(f, weights_only=False, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - any unreadable pickle is the same user-facing problem
+            raise ConfigError(f"{f} is unreadable ({type(e).__name__}); the checkpoint is corrupt") from None
 
     def write_json(self, name: str, obj) -> None:
         tmp = self.path / f".{name}.tmp"
@@ -120,7 +135,13 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill; its step is redone after the checkpoint
+        return rows
 
     def rewrite_metrics(self, rows: list[dict]) -> None:
         tmp = self.path / ".metrics.tmp"
@@ -205,6 +226,8 @@ class Setup:
 
 def setup(cfg: Config, device, dtype, progress=None) -> Setup:
     note = progress or (lambda msg: None)
+    if cfg.teacher_pool is not None and cfg.teacher_per_group > 0 and not Path(cfg.teacher_pool).exists():
+        raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: no such file")  # before the slow model load
     try:
         problems = load_problems(cfg.dataset, seed=DATA_SEED, modes=cfg.modes, force_mode=cfg.force_mode,
                                  max_problems=cfg.max_problems)
@@ -312,9 +335,15 @@ def train(cfg: Config, quiet: bool = False) -> Path:
     dist.init()
     quiet = quiet or not dist.is_main()
     device, dtype = resolve_device(cfg)
+    error = None
     if dist.is_main():  # rank 0 creates (or checks) the run dir first; the others then read it
-        run, state = RunDir.open(cfg)
-    dist.barrier()
+        try:
+            run, state = RunDir.open(cfg)
+        except ConfigError as e:
+            error = str(e)
+    error = dist.broadcast(error)  # every rank stops on rank 0's error instead of waiting forever
+    if error:
+        raise ConfigError(error)
     if not dist.is_main():
         run, state = RunDir.open(cfg, write=False)
     if state is not None and state["step"] >= cfg.steps and (run.path / "summary.json").exists():
@@ -325,7 +354,10 @@ def train(cfg: Config, quiet: bool = False) -> Path:
     s.run_path = run.path
     try:
         # a resumed run continues with the basis it had (it may have been refreshed mid-run)
-        basis = HackBasis.load(run.ckpt / "vhack.safetensors") if state is not None else basis_for(cfg, s)
+        if state is not None:
+            basis = HackBasis.load(run.ckpt / "vhack.safetensors")
+        else:  # rank 0 extracts; every rank projects with the identical basis
+            basis = dist.broadcast(basis_for(cfg, s) if dist.is_main() else None)
         projector = Projector(s.adapter, basis.V, cfg.intervention, cfg.gate, cfg.overshoot, cfg.preserve_magnitude)
         update_proj = UpdateProjector(projector, cfg.project_update)
         opt = torch.optim.AdamW(s.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -351,7 +383,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         for step in bar:
             row = train_step(cfg, s, projector, update_proj, opt, sched, step)
             if cfg.vhack_refresh_every and (step + 1) % cfg.vhack_refresh_every == 0 and step + 1 < cfg.steps:
-                new = basis_for(cfg, s)  # extracted with δS_hack ablated (see completion_grads)
+                new = dist.broadcast(basis_for(cfg, s) if dist.is_main() else None)  # δS_hack ablated
                 row["basis_overlap"] = new.overlap(basis)
                 basis = new
                 projector.set_basis(basis.V)
@@ -520,9 +552,10 @@ SUMMARY_KEYS = ("hack_s", "gt_s", "hack_t", "cin_s", "cin_t", "cin", "cout", "co
 
 
 def summarize(cfg: Config, rows: list[dict]) -> dict:
-    last = rows[-cfg.summary_last_n:]
+    trained = [r for r in rows if r["step"] > 0]  # step 0 is the untrained model's evaluation
+    last = trained[-cfg.summary_last_n:]
     out = {"arm": cfg.arm, "intervention": cfg.intervention, "vhack_source": cfg.vhack_source, "seed": cfg.seed,
-           "hash": cfg.hash(), "match_hash": cfg.match_hash(), "steps": len(rows), "last_n": len(last)}
+           "hash": cfg.hash(), "match_hash": cfg.match_hash(), "steps": len(trained), "last_n": len(last)}
     for k in SUMMARY_KEYS:
         out[k] = _mean(r[k] for r in last if r.get(k) is not None)
     evals = [r for r in rows if "hack_kept" in r]

@@ -109,6 +109,11 @@ def grade(dataset: str, in_path: str, out_path: str | None = None, *, workers: i
     except OSError as e:
         _print(f"error: cannot read {in_path}: {e.strerror}", sys.stderr)
         return 2
+    try:  # open the output before grading, so a bad --out never wastes the work
+        dest = open(out_path, "w", encoding="utf-8") if out_path else sys.stdout
+    except OSError as e:
+        _print(f"error: cannot write {out_path}: {e.strerror}", sys.stderr)
+        return 2
     records: list[dict | None] = []
     jobs, slots = [], []
     for i, line in enumerate(lines, 1):
@@ -140,7 +145,6 @@ def grade(dataset: str, in_path: str, out_path: str | None = None, *, workers: i
             grades = g.grade_many(jobs)
         for (k, rec), r in zip(slots, grades):
             records[k] = {**rec, **asdict(r)}
-    dest = open(out_path, "w", encoding="utf-8") if out_path else sys.stdout
     try:
         for rec in records:
             dest.write(json.dumps(rec) + "\n")
