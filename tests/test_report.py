@@ -29,7 +29,7 @@ def write_run(root: Path, intervention: str, source: str, seed: int, hack: list[
         "versions": {}, "command": "test", "created": "2025-01-01T00:00:00"}))
     rows = []
     for i, (h, s) in enumerate(zip(hack, solve)):
-        row = {"step": i, "reward": h + s, "hack_s": h, "gt_s": s, "cin_s": 0.5, "cin_t": None, "cout": 0.0,
+        row = {"step": i + 1, "reward": h + s, "hack_s": h, "gt_s": s, "cin_s": 0.5, "cin_t": None, "cout": 0.0,
                "cout_update": 0.1, "dS": 1.0, "dSh": 0.3 * i if intervention == "route" else 0.0, **(extra or {})}
         rows.append(row)
     if evals:
@@ -58,10 +58,10 @@ def se(xs: list[float]) -> float:
 def test_load_run_keeps_last_row_per_step(tmp_path):
     d = write_run(tmp_path, "erase", "real", 3, pad([0.1] * 5), pad([0.2] * 5))
     with open(d / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": 6, "hack_s": 0.7, "gt_s": 0.2}) + "\n")
+        f.write(json.dumps({"step": 7, "hack_s": 0.7, "gt_s": 0.2}) + "\n")
     run = load_run(d)
     assert (run.arm, run.seed, run.match_hash, run.complete) == ("erase", 3, MATCH, True)
-    assert [r["step"] for r in run.rows] == list(range(7))
+    assert [r["step"] for r in run.rows] == list(range(1, 8))
     assert run.rows[-1]["hack_s"] == 0.7
     assert run.last_mean("hack_s", 5) == pytest.approx((0.1 * 4 + 0.7) / 5)
 
