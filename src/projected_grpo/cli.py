@@ -24,48 +24,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from .config import PRESETS, Config, ConfigError
-
-def _cli(cls, **kwargs):
-    """``tyro.cli`` with its framed parse errors condensed to one ``error: ...`` line."""
-    import contextlib
-    import io
-    import re
-
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return tyro.cli(cls, **kwargs)
-    except SystemExit as e:
-        if e.code in (0, None):
-            raise
-        text = re.sub(r"[╭╮╰╯│─]+", " ", err.getvalue())
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "full helptext" not in ln]
-        raise ConfigError(" ".join(lines[1:] if len(lines) > 1 else lines) or "bad arguments") from None
-
-
-def parse_config(argv: list[str], prog: str = "projected-grpo train") -> Config:
-    """``--preset NAME`` picks the defaults; every other flag overrides a field of it."""
-    preset = "smoke"
-    rest = list(argv)
-    for i, a in enumerate(argv):
-        if a == "--preset" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-            raise ConfigError(f"--preset needs a name: one of {sorted(PRESETS)}")
-        if a == "--preset" and i + 1 < len(argv):
-            preset = argv[i + 1]
-            rest = argv[:i] + argv[i + 2:]
-            break
-        if a.startswith("--preset="):
-            preset = a.split("=", 1)[1]
-            rest = argv[:i] + argv[i + 1:]
-            break
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    base = PRESETS[preset]
-    cfg = _cli(Config, default=base, args=rest, prog=prog,
-                   description=f"Train one GRPO run (preset {preset}; --preset NAME picks another: {sorted(PRESETS)}).")
-    return dataclasses.replace(cfg, preset=preset)
-
+from .config import PRESETS, ConfigError, parse_args as _cli, parse_config  # noqa: F401 (re-exported)
 
 def cmd_train(argv: list[str]) -> int:
     cfg = parse_config(argv).validate()

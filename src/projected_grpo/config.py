@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 Intervention = Literal["none", "erase", "route"]
@@ -272,3 +272,46 @@ PRESETS: dict[str, Config] = {
         rollout_backend="fast",
     ),
 }
+
+
+# ---------------------------------------------------------------------------- command-line parsing
+def parse_args(cls, **kwargs):
+    """``tyro.cli`` with its framed parse errors condensed to one ConfigError line."""
+    import contextlib
+    import io
+
+    import tyro
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return tyro.cli(cls, **kwargs)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        text = re.sub(r"[╭╮╰╯│─]+", " ", err.getvalue())
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "full helptext" not in ln]
+        raise ConfigError(" ".join(lines[1:] if len(lines) > 1 else lines) or "bad arguments") from None
+
+
+def parse_config(argv: list[str], prog: str = "projected-grpo train") -> Config:
+    """``--preset NAME`` picks the defaults; every other flag overrides a field of it."""
+    preset = "smoke"
+    rest = list(argv)
+    for i, a in enumerate(argv):
+        if a == "--preset" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            raise ConfigError(f"--preset needs a name: one of {sorted(PRESETS)}")
+        if a == "--preset" and i + 1 < len(argv):
+            preset = argv[i + 1]
+            rest = argv[:i] + argv[i + 2:]
+            break
+        if a.startswith("--preset="):
+            preset = a.split("=", 1)[1]
+            rest = argv[:i] + argv[i + 1:]
+            break
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    base = PRESETS[preset]
+    cfg = parse_args(Config, default=base, args=rest, prog=prog,
+                   description=f"Train one GRPO run (preset {preset}; --preset NAME picks another: {sorted(PRESETS)}).")
+    return dataclasses.replace(cfg, preset=preset)

@@ -108,7 +108,7 @@ class Plan:
 def make_plan(preset: str, seeds: tuple[int, ...], overrides: dict, out: str | Path,
               questions: tuple[str, ...] = QUESTIONS, holdout: tuple[str, ...] | None = None) -> Plan:
     """Every question's cells, their jobs (shared where configs are equal) and the eval-set check."""
-    from .cli import parse_config
+    from .config import parse_config
     from .sweep import _flags
 
     if preset not in PRESETS:
@@ -567,7 +567,7 @@ def render(plan: Plan, sections: list[Section], notes: list[str], command: str, 
 
 
 def _match_hash(job: Job) -> str:
-    from .cli import parse_config
+    from .config import parse_config
 
     return parse_config(job.flags).match_hash()
 

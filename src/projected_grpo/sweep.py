@@ -190,7 +190,7 @@ def _flags(name: str, value) -> list[str]:
 
 def expand(g: Grid, out: str | Path) -> list[Job]:
     """Arms × sources × grid points × seeds → jobs, each config parsed and validated as `train` would."""
-    from .cli import parse_config
+    from .config import parse_config
 
     if g.preset not in PRESETS:
         raise ConfigError(f"unknown preset {g.preset!r}; choose from {sorted(PRESETS)}")

@@ -356,7 +356,7 @@ def _harness(req: dict, res_fd: int) -> int:
     try:
         if req.get("setup"):
             exec(compile(req["setup"], "<setup>", "exec"), ns)
-    except SystemExit as e:
+    except SystemExit:
         emit({"r": "err", "i": -1, "e": "setup raised SystemExit"})
         return 1
     except BaseException as e:
