@@ -427,14 +427,7 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, 
             toks = dec.out.cpu().tolist()
             del dec
             for p, new in zip(chunk, toks):
-                if eos in new:
-                    new, truncated = new[: new.index(eos) + 1], False
-                else:
-                    truncated = True
-                out.prompt_ids.append(p)
-                out.completion_ids.append(new)
-                out.texts.append(tokenizer.decode(new, skip_special_tokens=True))
-                out.truncated.append(truncated)
+                out.add(p, new, eos, tokenizer)
     return out
 
 

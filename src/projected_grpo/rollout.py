@@ -26,6 +26,16 @@ class Rollouts:
     texts: list[str]
     truncated: list[bool]  # hit max_new_tokens without EOS
 
+    def add(self, prompt_ids: list[int], new_tokens: list[int], eos: int, tokenizer) -> None:
+        """Append one sampled row, cut after its first EOS; a row without EOS used every position."""
+        truncated = eos not in new_tokens
+        if not truncated:
+            new_tokens = new_tokens[: new_tokens.index(eos) + 1]
+        self.prompt_ids.append(prompt_ids)
+        self.completion_ids.append(new_tokens)
+        self.texts.append(tokenizer.decode(new_tokens, skip_special_tokens=True))
+        self.truncated.append(truncated)
+
     @property
     def n_tokens(self) -> int:
         return sum(len(c) for c in self.completion_ids)
@@ -71,13 +81,5 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, 
                 att[i, L - len(p):] = 1
             seqs = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), **gen_kwargs)
             for i, p in enumerate(chunk):
-                new = seqs[i, L:].tolist()
-                if eos in new:
-                    new, truncated = new[: new.index(eos) + 1], False
-                else:  # no EOS: every one of the max_new_tokens positions is a real sample
-                    truncated = True
-                out.prompt_ids.append(p)
-                out.completion_ids.append(new)
-                out.texts.append(tokenizer.decode(new, skip_special_tokens=True))
-                out.truncated.append(truncated)
+                out.add(p, seqs[i, L:].tolist(), eos, tokenizer)
     return out
