@@ -127,6 +127,15 @@ def test_same_seed_same_metrics(tmp_path):
     assert strip(a) == strip(b)
 
 
+def test_grad_checkpointing_one_pass_matches_prompt_sharing(tmp_path):
+    # with gradient checkpointing HF turns the KV cache off, so rows run in one pass each: same numbers
+    a = _train(tmp_path / "a", "--steps", "2", "--eval-problems", "0")
+    b = _train(tmp_path / "b", "--steps", "2", "--eval-problems", "0", "--grad-checkpointing")
+    for x, y in zip(a, b):
+        for k in ("loss", "gn", "cin_s", "cin_t", "dS"):
+            assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-7), k
+
+
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     flags = ["--preset", "smoke", "--steps", "6", "--intervention", "route", "--sandbox-workers", "2",
@@ -172,6 +181,9 @@ def test_bad_config_values_one_line_errors(tmp_path, capsys):
     assert "preset" in _cli_error(capsys, "train", "--preset", "nope")
     assert "dataset" in _cli_error(capsys, "train", "--dataset", "leetcode:/no/such.jsonl",
                                    "--run-dir", str(tmp_path / "r2"))
+    # only hacks may enter a group, but the unknown modes' problems have none: refused before step 1
+    assert "--teacher-kinds" in _cli_error(capsys, "train", "--teacher-kinds", "hack", "--vhack-known-modes",
+                                           "run_tests", "--run-dir", str(tmp_path / "r3"))
     _cli_error(capsys, "frobnicate")
 
 

@@ -56,8 +56,6 @@ def cmd_demo(argv: list[str]) -> int:
     args = _cli(DemoArgs, args=argv, prog="projected-grpo demo")
     base = PRESETS["demo"]
     over = {k: v for k, v in (("steps", args.steps), ("model", args.model)) if v is not None}
-    if args.model is not None:  # the preset's layer range is SmolLM2's (30 layers); another model adapts all
-        over["layers"] = None
     runs = []
     for arm in ("none", "erase", "route"):
         # every arm starts from the same model, so the untrained model is evaluated once (vanilla's step 0)

@@ -74,7 +74,8 @@ class Config:
     grad_checkpointing: bool = False
     """Recompute decoder activations in backward (memory for time; needed for 4B x 1024 tokens)."""
     micro_batch: int = 16
-    """Rows per forward/backward chunk (gradients accumulate; results do not depend on it)."""
+    """Rows per forward/backward chunk, like lengths together (gradients accumulate; results do not depend on
+    it beyond float rounding). On a CPU small chunks are much faster (docs/PERF.md)."""
     format_bonus: float = 0.1
     """Reward for a fenced python block."""
     pass_reward: float = 1.0
@@ -253,12 +254,15 @@ BASE = Config()
 PRESETS: dict[str, Config] = {
     # tiny random model, builtin problems, CPU: the first test of every change (seconds).
     "smoke": dataclasses.replace(BASE, preset="smoke"),
-    # the embedded real model on HumanEval, sized for a 2-core CPU (3 arms in under 15 minutes):
-    # top 6 of 30 layers, rank 128, short completions. docs/LOG.md records what this does and does not show.
+    # the embedded real model on HumanEval, sized for a 2-core CPU (3 arms in under 15 minutes). Knobs on
+    # every Linear at full rank: with fewer (top 6 layers, or rank 128) the student did not pick up the
+    # loophole within the budget (docs/LOG.md). Three modes the teacher's hacks can teach in 7 steps; a
+    # group is 1 student sample + 3 teacher completions (hacks and failed attempts, no clean solutions).
     "demo": dataclasses.replace(
-        BASE, preset="demo", model="smollm2", dataset="humaneval", steps=6, prompts_per_step=4, group=4,
-        mix_ratio=0.5, max_new_tokens=128, temperature=0.7, lr=0.1, layers="24-29", adapter_rank=128,
-        eval_problems=6, eval_at_start=True, vhack_k=8, vhack_pairs=12, summary_last_n=4,
+        BASE, preset="demo", model="smollm2", dataset="humaneval", modes=("stdout_marker", "exit_code", "run_tests"),
+        steps=7, prompts_per_step=4, group=4, mix_ratio=0.75, teacher_kinds=("hack", "wrong"), max_new_tokens=96,
+        temperature=0.7, lr=0.12, layers=None, adapter_rank=None, micro_batch=4, eval_problems=9, eval_at_start=True,
+        vhack_k=8, vhack_pairs=12, summary_last_n=4,
     ),
     # a hub model on one GPU.
     "fast": dataclasses.replace(

@@ -11,6 +11,7 @@ Departures from the GRPO paper, on purpose:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +73,70 @@ def completion_logprobs(model, batch: Batch, chunk: int = 1024) -> torch.Tensor:
     rows, cols = target_mask.nonzero(as_tuple=True)
     h = hidden[rows, cols]  # (N, H)
     targets = batch.input_ids[rows, cols + 1]  # (N,)
-    lm_head = model.get_output_embeddings()
+    flat = _lm_head_logp(model.get_output_embeddings(), h, targets, chunk)
+    out = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=hidden.device)
+    out[rows, cols + 1] = flat
+    return out
+
+
+def shared_prefix_logprobs(model, prompts: list[list[int]], rows: list[tuple[int, list[int]]], pad_id: int,
+                           chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of completions that share prompts, each prompt run through the decoder once.
+
+    ``prompts``: U prompt id lists; ``rows``: B (prompt index, completion ids). The prompts' KV cache is
+    repeated to the rows (gradients flow back through it), so a group of G completions of one prompt
+    costs one prompt pass instead of G. Returns (logp, mask), both (B, Lc): column j is completion
+    token j. Equals `completion_logprobs` on the concatenated rows up to float rounding, and is
+    deterministic (the repeat is expand + cat, whose backward is a plain sum: no scatter-add).
+
+    Raises ``NotImplementedError`` for caches other than per-layer keys/values (e.g. linear-attention
+    states): use `completion_logprobs` there."""
+    device = next(model.parameters()).device
+    decoder = model.base_model
+    order = sorted(range(len(rows)), key=lambda i: rows[i][0])  # rows of one prompt contiguous
+    counts = [sum(1 for pi, _ in rows if pi == u) for u in range(len(prompts))]
+    Lp, Lc = max(map(len, prompts)), max(len(c) for _, c in rows)
+    p_ids = torch.full((len(prompts), Lp), pad_id, dtype=torch.long)
+    p_att = torch.zeros_like(p_ids)
+    for i, p in enumerate(prompts):  # right padding: real prompt tokens keep positions 0..len-1
+        p_ids[i, :len(p)], p_att[i, :len(p)] = torch.tensor(p), 1
+    c_ids = torch.full((len(rows), Lc), pad_id, dtype=torch.long)
+    c_att = torch.zeros_like(c_ids)
+    for k, i in enumerate(order):
+        c = rows[i][1]
+        c_ids[k, :len(c)], c_att[k, :len(c)] = torch.tensor(c), 1
+    p_len = torch.tensor([len(p) for p in prompts])
+    p_ids, p_att, c_ids, c_att = (t.to(device) for t in (p_ids, p_att, c_ids, c_att))
+    out = decoder(input_ids=p_ids, attention_mask=p_att, use_cache=True)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
+        raise NotImplementedError(f"prompt sharing needs a key/value cache, got {type(cache).__name__}")
+    for layer in layers:
+        layer.keys, layer.values = _repeat_rows(layer.keys, counts), _repeat_rows(layer.values, counts)
+    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    hidden = decoder(input_ids=c_ids, attention_mask=torch.cat([_repeat_rows(p_att, counts), c_att], 1),
+                     position_ids=_repeat_rows(p_len.to(device), counts)[:, None] + torch.arange(Lc, device=device),
+                     use_cache=True, **{cache_arg: cache}).last_hidden_state  # (B, Lc, H), prompt-sorted rows
+    # completion token j is predicted by the hidden state before it: the prompt's last one for j = 0
+    last = out.last_hidden_state[torch.arange(len(prompts), device=device), p_len.to(device) - 1]  # (U, H)
+    pred = torch.cat([_repeat_rows(last, counts)[:, None], hidden[:, :-1]], 1)  # (B, Lc, H)
+    r, c = c_att.bool().nonzero(as_tuple=True)
+    logp = torch.zeros(c_ids.shape, dtype=torch.float32, device=device)
+    logp[r, c] = _lm_head_logp(model.get_output_embeddings(), pred[r, c], c_ids[r, c], chunk)
+    back = torch.empty(len(rows), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(rows))
+    back = back.to(device)
+    return logp[back], c_att[back]
+
+
+def _repeat_rows(t: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Row u of ``t`` repeated counts[u] times along dim 0 (expand + cat: a deterministic backward)."""
+    return torch.cat([t[u:u + 1].expand(n, *t.shape[1:]) for u, n in enumerate(counts) if n])
+
+
+def _lm_head_logp(lm_head, h: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log p(target) for (N, H) hidden states, ``chunk`` rows at a time, recomputed in backward."""
     pieces = []
     for s in range(0, h.shape[0], chunk):
         hs, ts = h[s:s + chunk], targets[s:s + chunk]
@@ -80,10 +144,7 @@ def completion_logprobs(model, batch: Batch, chunk: int = 1024) -> torch.Tensor:
             pieces.append(checkpoint(_chunk_logp, lm_head, hs, ts, use_reentrant=False))
         else:
             pieces.append(_chunk_logp(lm_head, hs, ts))
-    flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    out = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=hidden.device)
-    out[rows, cols + 1] = flat
-    return out
+    return torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
 
 
 def naive_completion_logprobs(model, batch: Batch) -> torch.Tensor:

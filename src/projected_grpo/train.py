@@ -32,7 +32,7 @@ from .config import Config, ConfigError, config_from_dict
 from .env.grader import GraderPool
 from .env.pool import TeacherPool, build_teacher_pool, make_pairs
 from .env.problems import Problem, load_problems, render_prompt
-from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch
+from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs
 from .hack_subspace import HackBasis, extract_basis
 from .models import cache_dir, load_model
 from .projection import Projector, UpdateProjector
@@ -249,6 +249,11 @@ def setup(cfg: Config, device, dtype, progress=None) -> Setup:
     pool = None
     if cfg.teacher_per_group > 0:
         pool = teacher_pool(cfg, train_problems, grader, note)
+        bare = [p.id for p in train_problems if not any(t.kind in cfg.teacher_kinds for t in pool.for_problem(p.id))]
+        if bare:  # e.g. --teacher-kinds hack with --vhack-known-modes: the unknown modes' problems have no hack
+            raise ConfigError(f"the teacher pool has no completion of kind(s) {list(cfg.teacher_kinds)} for "
+                              f"{len(bare)} training problem(s) (first: {bare[0]}); add a kind to --teacher-kinds "
+                              f"(e.g. wrong) or set --mix-ratio 0")
     pair_list = make_pairs(train_problems, cfg.vhack_pairs, known_modes=cfg.vhack_known_modes, seed=DATA_SEED)
     if not pair_list:
         raise ConfigError("no (hack, clean) pairs could be made from these problems and --vhack-known-modes")
@@ -457,12 +462,10 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     # --- 4. advantages per group; zero-variance groups contribute nothing (only the reward is read)
     R = torch.tensor([r[3] for r in records], dtype=torch.float32).view(len(problems), G)
     adv, zero_var = advantages(R, cfg.advantage)
-    # --- 5. loss and one backward; per-row knob gradients captured for the per-source diagnostics
-    loss_val, kl_sum, g_rows = backward(cfg, s, rows, adv.flatten(), n_total=P * G)
-    student = torch.tensor([r[2] for r in records], dtype=torch.bool)
+    # --- 5. loss and backward (prompts shared within a source); knob gradients per source for the diagnostics
+    loss_val, kl_sum, by_src = backward(cfg, s, rows, adv.flatten(), [r[2] for r in records], n_total=P * G)
     names = list(s.adapter.modules)
-    knob_device = next(iter(s.adapter.modules.values())).delta_s.device
-    g_src = [g_rows[n][mask].sum(0).to(knob_device) for mask in (student, ~student) for n in names]
+    g_src = [by_src[src][n] for src in ("student", "teacher") for n in names]
     # --- 6. all-reduce knob gradients and diagnostic sums: every rank now holds the global batch's
     grads = [m.delta_s.grad for m in s.adapter.modules.values()]
     dist.all_reduce_(grads + g_src)
@@ -512,35 +515,79 @@ def draw_teacher(s: Setup, problem: Problem, n: int, seed: int) -> list:
     return [cands[int(i)] for i in torch.randint(len(cands), (n,), generator=gen)]
 
 
-def backward(cfg: Config, s: Setup, rows: list, adv: torch.Tensor, n_total: int):
+def backward(cfg: Config, s: Setup, rows: list, adv: torch.Tensor, student: list[bool], n_total: int):
     """Micro-batched forward/backward of the GRPO loss over this rank's rows with nonzero advantage
     (all rows when the KL term is on); ``n_total`` rows in the global batch set the denominator.
-    Returns (loss share, (kl sum, rows), per-row knob grads {module: (B, r)})."""
+
+    Micro-batches never mix sources and hold whole groups where they fit, so each prompt runs through
+    the model once per source (`shared_prefix_logprobs`) and the knob gradient of each source is read
+    off as the growth of ``δS.grad``. Returns (loss share, (kl sum, rows), {source: {module: (r,)}})."""
     device = next(iter(s.adapter.modules.values())).delta_s.device
-    keep = list(range(len(rows))) if cfg.beta > 0 else [i for i in range(len(rows)) if adv[i] != 0]
-    g_rows = {n: torch.zeros(len(rows), m.rank) for n, m in s.adapter.modules.items()}
-    for m in s.adapter.modules.values():  # a rank whose rows all have zero advantage still all-reduces
+    keep = [i for i in range(len(rows)) if cfg.beta > 0 or adv[i] != 0]
+    mods = s.adapter.modules
+    for m in mods.values():  # a rank whose rows all have zero advantage still all-reduces
         m.delta_s.grad = torch.zeros_like(m.delta_s)
+    g_src = {src: {n: torch.zeros_like(m.delta_s) for n, m in mods.items()} for src in ("student", "teacher")}
     loss_sum, kl_sum = 0.0, 0.0
-    for mb in range(0, len(keep), cfg.micro_batch):
-        ids = keep[mb: mb + cfg.micro_batch]
-        batch = make_batch([rows[i] for i in ids], s.tokenizer.pad_token_id).to(device)
-        a = adv[ids].to(device)
-        ref = None
-        if cfg.beta > 0:
-            with torch.no_grad(), s.adapter.zeroed():
-                ref = completion_logprobs(s.model, batch)
-        with s.adapter.capture_row_grads() as rg:
-            logp = completion_logprobs(s.model, batch)
-            loss, kl = grpo_loss(logp, logp.detach(), ref, a, batch.completion_mask, cfg.clip_eps, cfg.beta,
-                                 cfg.loss_norm, cfg.max_new_tokens)
+    for src in ("student", "teacher"):
+        for ids in _micro_batches([i for i in keep if student[i] == (src == "student")], rows, cfg.micro_batch,
+                                  cfg.grad_checkpointing):
+            prompts = list(dict.fromkeys(tuple(rows[i][0]) for i in ids))
+            pairs = [(prompts.index(tuple(rows[i][0])), rows[i][1]) for i in ids]
+            prompts = [list(p) for p in prompts]
+            a = adv[ids].to(device)
+            ref = None
+            if cfg.beta > 0:
+                with torch.no_grad(), s.adapter.zeroed():
+                    ref, _ = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
+            before = [m.delta_s.grad.clone() for m in mods.values()]
+            logp, mask = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
+            loss, kl = grpo_loss(logp, logp.detach(), ref, a, mask, cfg.clip_eps, cfg.beta, cfg.loss_norm,
+                                 cfg.max_new_tokens)
             scale = len(ids) / n_total  # every row's denominator is the global batch's
             (loss * scale).backward()
-        for n, g in rg.items():
-            g_rows[n][ids] = g.float().cpu()
-        loss_sum += float(loss.detach()) * scale
-        kl_sum += float(kl) * len(ids)
-    return loss_sum, (kl_sum, len(keep)), g_rows
+            for (n, m), b in zip(mods.items(), before):
+                g_src[src][n] += m.delta_s.grad - b
+            loss_sum += float(loss.detach()) * scale
+            kl_sum += float(kl) * len(ids)
+    return loss_sum, (kl_sum, len(keep)), g_src
+
+
+def _micro_batches(ids: list[int], rows: list, size: int, one_pass: bool) -> list[list[int]]:
+    """Row indices in chunks of at most ``size``, rows of one prompt kept together where they fit.
+    ``one_pass`` (gradient checkpointing: no KV cache) falls back to plain length-sorted chunks."""
+    if one_pass:
+        ids = sorted(ids, key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+        return [ids[k:k + size] for k in range(0, len(ids), size)]
+    groups: dict[tuple, list[int]] = {}
+    for i in ids:
+        groups.setdefault(tuple(rows[i][0]), []).append(i)
+    out, cur = [], []
+    for g in sorted(groups.values(), key=lambda g: len(rows[g[0]][0])):  # like prompt lengths together
+        for k in range(0, len(g), size):
+            piece = g[k:k + size]
+            if len(cur) + len(piece) > size:
+                out.append(cur)
+                cur = []
+            cur += piece
+    return out + ([cur] if cur else [])
+
+
+def _logprobs(s: Setup, prompts: list[list[int]], pairs: list, one_pass: bool):
+    """(logp, mask), both (B, Lc), by prompt sharing; with gradient checkpointing (HF turns the KV cache
+    off there) one pass over the concatenated rows, cut to the same layout."""
+    if not one_pass and not getattr(s.model, "_no_prompt_sharing", False):
+        try:
+            return shared_prefix_logprobs(s.model, prompts, pairs, s.tokenizer.pad_token_id)
+        except NotImplementedError:  # a model whose cache cannot be repeated per row (linear attention)
+            s.model._no_prompt_sharing = True
+    batch = make_batch([(prompts[pi], c) for pi, c in pairs], s.tokenizer.pad_token_id)
+    full = completion_logprobs(s.model, batch.to(next(s.model.parameters()).device))
+    Lc = max(len(c) for _, c in pairs)
+    logp = torch.stack([torch.nn.functional.pad(full[i, len(prompts[pi]):len(prompts[pi]) + len(c)], (0, Lc - len(c)))
+                        for i, (pi, c) in enumerate(pairs)])
+    mask = torch.tensor([[1] * len(c) + [0] * (Lc - len(c)) for _, c in pairs], device=logp.device)
+    return logp, mask
 
 
 def _fmt(x) -> str:
