@@ -256,12 +256,12 @@ PRESETS: dict[str, Config] = {
     "smoke": dataclasses.replace(BASE, preset="smoke"),
     # the embedded real model on HumanEval, sized for a 2-core CPU (3 arms in under 15 minutes). Knobs on
     # every Linear at full rank: with fewer (top 6 layers, or rank 128) the student did not pick up the
-    # loophole within the budget (docs/LOG.md). Three modes the teacher's hacks can teach in 7 steps; a
+    # loophole within the budget (docs/LOG.md). Three modes the teacher's hacks can teach in 8 steps; a
     # group is 1 student sample + 3 teacher completions (hacks and failed attempts, no clean solutions).
     "demo": dataclasses.replace(
         BASE, preset="demo", model="smollm2", dataset="humaneval", modes=("stdout_marker", "exit_code", "run_tests"),
-        steps=7, prompts_per_step=4, group=4, mix_ratio=0.75, teacher_kinds=("hack", "wrong"), max_new_tokens=96,
-        temperature=0.7, lr=0.12, layers=None, adapter_rank=None, micro_batch=4, eval_problems=9, eval_at_start=True,
+        steps=8, prompts_per_step=4, group=4, mix_ratio=0.75, teacher_kinds=("hack", "wrong"), max_new_tokens=96,
+        temperature=0.7, lr=0.1, layers=None, adapter_rank=None, micro_batch=4, eval_problems=9, eval_at_start=True,
         vhack_k=8, vhack_pairs=12, summary_last_n=4,
     ),
     # a hub model on one GPU.
