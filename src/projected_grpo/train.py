@@ -520,14 +520,14 @@ def backward(cfg: Config, s: Setup, rows: list, adv: torch.Tensor, student: list
     (all rows when the KL term is on); ``n_total`` rows in the global batch set the denominator.
 
     Micro-batches never mix sources and hold whole groups where they fit, so each prompt runs through
-    the model once per source (`shared_prefix_logprobs`) and the knob gradient of each source is read
-    off as the growth of ``δS.grad``. Returns (loss share, (kl sum, rows), {source: {module: (r,)}})."""
+    the model once per source (`shared_prefix_logprobs`); the sources run one after the other, so
+    ``δS.grad`` after the student rows is the student's sum and the rest is the teacher's.
+    Returns (loss share, (kl sum, rows), {source: {module: (r,)}})."""
     device = next(iter(s.adapter.modules.values())).delta_s.device
     keep = [i for i in range(len(rows)) if cfg.beta > 0 or adv[i] != 0]
     mods = s.adapter.modules
     for m in mods.values():  # a rank whose rows all have zero advantage still all-reduces
         m.delta_s.grad = torch.zeros_like(m.delta_s)
-    g_src = {src: {n: torch.zeros_like(m.delta_s) for n, m in mods.items()} for src in ("student", "teacher")}
     loss_sum, kl_sum = 0.0, 0.0
     for src in ("student", "teacher"):
         for ids in _micro_batches([i for i in keep if student[i] == (src == "student")], rows, cfg.micro_batch,
@@ -540,16 +540,16 @@ def backward(cfg: Config, s: Setup, rows: list, adv: torch.Tensor, student: list
             if cfg.beta > 0:
                 with torch.no_grad(), s.adapter.zeroed():
                     ref, _ = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
-            before = [m.delta_s.grad.clone() for m in mods.values()]
             logp, mask = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
             loss, kl = grpo_loss(logp, logp.detach(), ref, a, mask, cfg.clip_eps, cfg.beta, cfg.loss_norm,
                                  cfg.max_new_tokens)
             scale = len(ids) / n_total  # every row's denominator is the global batch's
             (loss * scale).backward()
-            for (n, m), b in zip(mods.items(), before):
-                g_src[src][n] += m.delta_s.grad - b
             loss_sum += float(loss.detach()) * scale
             kl_sum += float(kl) * len(ids)
+        if src == "student":
+            g_student = {n: m.delta_s.grad.clone() for n, m in mods.items()}
+    g_src = {"student": g_student, "teacher": {n: m.delta_s.grad - g_student[n] for n, m in mods.items()}}
     return loss_sum, (kl_sum, len(keep)), g_src
 
 
