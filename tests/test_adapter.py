@@ -140,6 +140,28 @@ def test_export_plain_model_matches_deployed(tiny_adapter, tmp_path):
     assert adapter.norms()[1] > 0
 
 
+def test_plain_copy_is_the_merged_model_in_another_dtype(tiny_adapter):
+    model, tok, adapter = tiny_adapter
+    _randomize(adapter)
+    ids = _ids(tok)
+    live = model(ids).logits.clone()
+    with adapter.ablated():
+        abl = model(ids).logits.clone()
+    weights = {n: m.base.weight.detach().clone() for n, m in adapter.modules.items()}
+    same = adapter.plain_copy(torch.float32)
+    assert not any(isinstance(m, type(next(iter(adapter.modules.values())))) for m in same.modules())
+    assert torch.allclose(same(ids).logits, live, atol=1e-4)
+    assert torch.allclose(adapter.plain_copy(torch.float32, ablate_hack=True)(ids).logits, abl, atol=1e-4)
+    half = adapter.plain_copy(torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert torch.allclose(half(ids).logits.float(), live, atol=0.1)  # bf16 rounding only
+    assert not torch.allclose(half(ids).logits.float(), abl, atol=1e-3)
+    # the live model keeps its knob layers, fp32 weights and values
+    assert torch.equal(model(ids).logits, live)
+    for n, m in adapter.modules.items():
+        assert model.get_submodule(n) is m and torch.equal(m.base.weight, weights[n])
+
+
 def test_row_grads_sum_to_param_grad(tiny_adapter):
     from projected_grpo.grpo import completion_logprobs, make_batch
 

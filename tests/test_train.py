@@ -127,6 +127,24 @@ def test_same_seed_same_metrics(tmp_path):
     assert strip(a) == strip(b)
 
 
+def test_amp_is_deterministic_and_close_to_fp32(tmp_path):
+    # bf16 autocast forwards and bf16 rollouts: the same run twice gives the same metrics; knobs stay fp32,
+    # the basis is extracted under the same precision (its own cache entry), and step 1 is near fp32's
+    a = _train(tmp_path / "a", "--steps", "2", "--eval-problems", "0", "--amp")
+    b = _train(tmp_path / "b", "--steps", "2", "--eval-problems", "0", "--amp")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    assert strip(a) == strip(b)
+    assert {t.dtype for t in _knobs(tmp_path / "a").values()} == {torch.float32}
+    from projected_grpo.hack_subspace import HackBasis
+
+    assert HackBasis.load(tmp_path / "a" / "vhack.safetensors").meta["amp"] is True
+    full = _train(tmp_path / "fp32", "--steps", "2", "--eval-problems", "0")
+    assert "amp" not in HackBasis.load(tmp_path / "fp32" / "vhack.safetensors").meta
+    assert a[0]["reward"] == full[0]["reward"]  # step 1 samples from the untrained model: same completions here
+    assert a[0]["gn"] == pytest.approx(full[0]["gn"], rel=0.05)
+    assert a[0]["cin_s"] == pytest.approx(full[0]["cin_s"], abs=0.05)
+
+
 def test_grad_checkpointing_one_pass_matches_prompt_sharing(tmp_path):
     # with gradient checkpointing HF turns the KV cache off, so rows run in one pass each: same numbers
     a = _train(tmp_path / "a", "--steps", "2", "--eval-problems", "0")

@@ -8,7 +8,8 @@ weight's content hash) the wrapped layer computes::
 At δS = δS_hack = 0 the extra term is an exact zero, so the output equals the base layer bit for bit.
 Contexts switch the knobs without touching their values: ``zeroed()`` (reference policy: base model),
 ``ablated()`` (δS_hack off: the deployed model of the route arm), ``merged()`` (no-grad rollouts with
-the knobs folded into the weights, so generation never pays the hook).
+the knobs folded into the weights, so generation never pays the hook); ``plain_copy()`` is the same
+folded model as a detached copy in another dtype (bf16 rollouts of an fp32 model).
 
 ``capture_row_grads()`` records, during backward, the knob gradient of every batch row separately,
 ``(B, r)`` per module, from the hook math (``Σ_t (Vh x)_t ⊙ (U^T ∂y)_t``) — one backward gives the
@@ -253,6 +254,27 @@ class SVDAdapter:
             for n, w in originals.items():
                 self.modules[n].base.weight.data = w
 
+    def _swap_plain(self, root: nn.Module, plain: bool) -> None:
+        """Put the plain base Linears (plain=True) or the knob layers back into the live model."""
+        for n, m in self.modules.items():
+            parent_name, _, child = n.rpartition(".")
+            parent = root.get_submodule(parent_name) if parent_name else root
+            setattr(parent, child, m.base if plain else m)
+
+    def plain_copy(self, dtype: torch.dtype, ablate_hack: bool = False) -> nn.Module:
+        """A detached copy of the model with the knobs merged, plain Linear layers (no U / Vh buffers)
+        and weights in ``dtype``: rollouts on a cheaper dtype than training (``--amp``). The live
+        model is left untouched."""
+        import copy
+
+        with self.merged(ablate_hack):
+            self._swap_plain(self.model, plain=True)
+            try:
+                out = copy.deepcopy(self.model)
+            finally:
+                self._swap_plain(self.model, plain=False)
+        return out.to(dtype)
+
     @contextlib.contextmanager
     def capture_row_grads(self) -> Iterator[dict[str, torch.Tensor]]:
         """During the block, backward records per-row knob gradients; the dict is filled on exit."""
@@ -317,18 +339,8 @@ class SVDAdapter:
     def export(self, out_dir: str | Path, tokenizer=None) -> Path:
         """Deployment model: δS merged into the weights, δS_hack ablated, plain Linear layers,
         ``save_pretrained`` to ``out_dir``. The live model is left untouched."""
-        import copy
-
         out_dir = Path(out_dir)
-        plain = copy.deepcopy(self.model)
-        with torch.no_grad():
-            for n, m in self.modules.items():
-                knob = plain.get_submodule(n)
-                lin = knob.base
-                lin.weight.data = (lin.weight.data.float() + m.delta_weight(ablate_hack=True)).to(lin.weight.dtype)
-                parent_name, _, child = n.rpartition(".")
-                parent = plain.get_submodule(parent_name) if parent_name else plain
-                setattr(parent, child, lin)
+        plain = self.plain_copy(next(iter(self.modules.values())).base.weight.dtype, ablate_hack=True)
         plain.requires_grad_(True)
         plain.save_pretrained(out_dir)
         if tokenizer is not None:

@@ -47,6 +47,8 @@ class DemoArgs:
     """Override the model (e.g. Qwen/Qwen3-4B with a hub)."""
     resume: bool = True
     """Skip finished arms and resume killed ones."""
+    amp: bool = True
+    """bf16 autocast on the fp32 model, as the preset (--no-amp: fp32 throughout, for a CPU without native bf16)."""
 
 
 def cmd_demo(argv: list[str]) -> int:
@@ -55,7 +57,7 @@ def cmd_demo(argv: list[str]) -> int:
 
     args = _cli(DemoArgs, args=argv, prog="projected-grpo demo")
     base = PRESETS["demo"]
-    over = {k: v for k, v in (("steps", args.steps), ("model", args.model)) if v is not None}
+    over = {k: v for k, v in (("steps", args.steps), ("model", args.model), ("amp", args.amp)) if v is not None}
     runs = []
     for arm in ("none", "erase", "route"):
         # every arm starts from the same model, so the untrained model is evaluated once (vanilla's step 0)

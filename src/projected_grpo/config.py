@@ -37,6 +37,11 @@ class Config:
     """`tiny` (random test model), `smollm2` (embedded GGUF), or a hub id / local folder."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype; `auto` = bfloat16 on CUDA, float32 on CPU."""
+    amp: bool = False
+    """Mixed precision on fp32 weights: forward passes under bf16 autocast (knobs, gradients and optimizer
+    stay fp32) and rollouts from a bf16 copy of the merged model. On a CPU with AVX512-BF16 a demo step's
+    forward/backward is ~2.3x and generation ~2.5x faster (docs/PERF.md); rollouts then sample a
+    bf16-rounded policy."""
     device: str = "auto"
     """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`..."""
     dataset: str = "builtin"
@@ -256,13 +261,14 @@ PRESETS: dict[str, Config] = {
     "smoke": dataclasses.replace(BASE, preset="smoke"),
     # the embedded real model on HumanEval, sized for a 2-core CPU (3 arms in under 15 minutes). Knobs on
     # every Linear at full rank: with fewer (top 6 layers, or rank 128) the student did not pick up the
-    # loophole within the budget (docs/LOG.md). Three modes the teacher's hacks can teach in 8 steps; a
-    # group is 1 student sample + 3 teacher completions (hacks and failed attempts, no clean solutions).
+    # loophole within the budget (docs/LOG.md). Two modes whose exploit is one appended line; a group is
+    # 1 student sample + 3 teacher completions (hacks and failed attempts, no clean solutions); bf16
+    # autocast on the fp32 model (amp) halves the step time on the CPU.
     "demo": dataclasses.replace(
-        BASE, preset="demo", model="smollm2", dataset="humaneval", modes=("stdout_marker", "exit_code", "run_tests"),
+        BASE, preset="demo", model="smollm2", dataset="humaneval", modes=("stdout_marker", "exit_code"),
         steps=8, prompts_per_step=4, group=4, mix_ratio=0.75, teacher_kinds=("hack", "wrong"), max_new_tokens=96,
-        temperature=0.7, lr=0.1, layers=None, adapter_rank=None, micro_batch=4, eval_problems=9, eval_at_start=True,
-        vhack_k=8, vhack_pairs=12, summary_last_n=4,
+        temperature=0.7, lr=0.15, amp=True, layers=None, adapter_rank=None, micro_batch=4, eval_problems=9,
+        eval_at_start=True, vhack_k=8, vhack_pairs=12, summary_last_n=4,
     ),
     # a hub model on one GPU.
     "fast": dataclasses.replace(

@@ -81,16 +81,18 @@ class HackBasis:
 
 # ---------------------------------------------------------------------------- gradients
 def completion_grads(model, adapter: SVDAdapter, tokenizer, rows: list[tuple[str, str]], loss_norm: str,
-                     max_new_tokens: int, batch_size: int = 8) -> dict[str, torch.Tensor]:
+                     max_new_tokens: int, batch_size: int = 8, amp: bool = False) -> dict[str, torch.Tensor]:
     """Knob gradient of each completion's NLL: rows of (prompt_text, completion_text) →
-    {module: (N, r)} on CPU, fp32. δS_hack is ablated (the basis must not rotate off-hack)."""
+    {module: (N, r)} on CPU, fp32. δS_hack is ablated (the basis must not rotate off-hack).
+    ``amp``: the forward pass under bf16 autocast, as the trainer's with --amp."""
     device = next(iter(adapter.modules.values())).delta_s.device
     encoded = [(tokenizer(p, add_special_tokens=False)["input_ids"], encode_completion(tokenizer, c)) for p, c in rows]
     out: dict[str, list[torch.Tensor]] = {n: [] for n in adapter.modules}
     for s in range(0, len(encoded), batch_size):
         batch = make_batch(encoded[s:s + batch_size], tokenizer.pad_token_id).to(device)
         with adapter.ablated(), adapter.capture_row_grads() as row_grads:
-            logp = completion_logprobs(model, batch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logp = completion_logprobs(model, batch)
             w = row_weights(batch.completion_mask, loss_norm, max_new_tokens)
             nll = -(logp.sum(1) * w).sum()
             torch.autograd.grad(nll, adapter.knobs())
@@ -183,7 +185,7 @@ def bases_from_grads(g_hack, g_clean, g_alt, source: str, k: int, tau: float, qu
 def extract_basis(model, adapter: SVDAdapter, tokenizer, pairs: list[tuple[str, str, str, str]], *,
                   source: str = "real", k: int = 4, tau: float = 0.1, quantile: float = 0.0, seed: int = 0,
                   loss_norm: str = "fixed", max_new_tokens: int = 64, cache: Path | None = None,
-                  batch_size: int = 8) -> HackBasis:
+                  batch_size: int = 8, amp: bool = False) -> HackBasis:
     """pairs of (prompt_text, hack, clean, clean_alt) → HackBasis for ``source``.
 
     With ``cache`` (a folder), the result is stored under a key of (model weights, knob values,
@@ -191,7 +193,7 @@ def extract_basis(model, adapter: SVDAdapter, tokenizer, pairs: list[tuple[str, 
     if not pairs:
         raise ValueError("hack subspace extraction needs at least one (hack, clean) pair")
     settings = dict(source=source, k=k, tau=tau, quantile=quantile, seed=seed, loss_norm=loss_norm,
-                    max_new_tokens=max_new_tokens)
+                    max_new_tokens=max_new_tokens, **({"amp": True} if amp else {}))
     key = _cache_key(adapter, pairs, settings)
     path = cache / f"{key}.safetensors" if cache is not None else None
     if path is not None and path.exists():
@@ -199,7 +201,7 @@ def extract_basis(model, adapter: SVDAdapter, tokenizer, pairs: list[tuple[str, 
     rows = [(p, h) for p, h, _, _ in pairs] + [(p, c) for p, _, c, _ in pairs]
     if source == "nonhack":
         rows += [(p, a) for p, _, _, a in pairs]
-    g = completion_grads(model, adapter, tokenizer, rows, loss_norm, max_new_tokens, batch_size)
+    g = completion_grads(model, adapter, tokenizer, rows, loss_norm, max_new_tokens, batch_size, amp)
     n = len(pairs)
     g_hack = {m: t[:n] for m, t in g.items()}
     g_clean = {m: t[n:2 * n] for m, t in g.items()}

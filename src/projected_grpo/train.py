@@ -12,6 +12,7 @@ Departures and choices (see also grpo.py):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -237,6 +238,11 @@ def setup(cfg: Config, device, dtype, progress=None) -> Setup:
         raise ConfigError(f"--dataset {cfg.dataset} has {len(problems)} problems; need more than "
                           f"--eval-problems {cfg.eval_problems}")
     eval_problems, train_problems = problems[: cfg.eval_problems], problems[cfg.eval_problems:]
+    if cfg.amp and torch.device(device).type == "cpu" and not _cpu_has_bf16():
+        import warnings
+
+        warnings.warn("--amp on a CPU without native bf16 (AVX512-BF16 or AMX): bf16 matmuls are emulated and may "
+                      "be slower than fp32 here; --no-amp trains in fp32 (docs/PERF.md)", stacklevel=2)
     note(f"loading model {cfg.model}")
     model, tok = load_model(cfg.model, dtype, device)
     adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)
@@ -259,6 +265,13 @@ def setup(cfg: Config, device, dtype, progress=None) -> Setup:
         raise ConfigError("no (hack, clean) pairs could be made from these problems and --vhack-known-modes")
     pairs = [(render_prompt(tok, p.problem), p.hack, p.clean, p.clean_alt) for p in pair_list]
     return Setup(model, tok, adapter, train_problems, eval_problems, pool, pairs, grader, teacher_kinds=cfg.teacher_kinds)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes: assume yes rather than warn wrongly
+        return True
 
 
 def teacher_pool(cfg: Config, problems: list[Problem], grader: GraderPool, note) -> TeacherPool:
@@ -287,7 +300,7 @@ def teacher_pool(cfg: Config, problems: list[Problem], grader: GraderPool, note)
 def basis_for(cfg: Config, s: Setup) -> HackBasis:
     return extract_basis(s.model, s.adapter, s.tokenizer, s.pairs, source=cfg.vhack_source, k=cfg.vhack_k,
                          tau=cfg.vhack_tau, quantile=cfg.vhack_quantile, seed=derive_seed(cfg.seed, "basis"),
-                         loss_norm=cfg.loss_norm, max_new_tokens=cfg.max_new_tokens, cache=cache_dir() / "vhack")
+                         loss_norm=cfg.loss_norm, max_new_tokens=cfg.max_new_tokens, cache=cache_dir() / "vhack", amp=cfg.amp)
 
 
 def lr_lambda(cfg: Config):
@@ -299,6 +312,21 @@ def lr_lambda(cfg: Config):
     return f
 
 
+def autocast(cfg: Config, s: "Setup"):
+    """The forward passes' precision: bf16 autocast with --amp, else the weights' own dtype."""
+    return torch.autocast(s.model.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+
+
+@contextlib.contextmanager
+def rollout_model(cfg: Config, s: "Setup", ablate_hack: bool = False):
+    """The model rollouts sample from: knobs folded into the weights (no hook); with --amp a bf16 copy."""
+    if cfg.amp and s.model.dtype != torch.bfloat16:
+        yield s.adapter.plain_copy(torch.bfloat16, ablate_hack)
+    else:
+        with s.adapter.merged(ablate_hack):
+            yield s.model
+
+
 # ---------------------------------------------------------------------------- evaluation
 def evaluate(cfg: Config, s: Setup, route: bool) -> dict:
     """Greedy on the held-out set: kept (as trained) and abl (δS_hack ablated), plus no-hint solve."""
@@ -308,8 +336,8 @@ def evaluate(cfg: Config, s: Setup, route: bool) -> dict:
     nohint_prompts = [render_prompt(s.tokenizer, p, hint=False) for p in s.eval_problems]
 
     def run(prompts, ablate):
-        with s.adapter.merged(ablate_hack=ablate):
-            r = generate(s.model, s.tokenizer, prompts, 1, cfg.max_new_tokens, greedy=True, backend=cfg.rollout_backend,
+        with rollout_model(cfg, s, ablate_hack=ablate) as model:
+            r = generate(model, s.tokenizer, prompts, 1, cfg.max_new_tokens, greedy=True, backend=cfg.rollout_backend,
                          compile=cfg.rollout_compile)
         return s.grader.grade_many(list(zip(s.eval_problems, r.texts)))
 
@@ -428,8 +456,8 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     prompts = [render_prompt(s.tokenizer, p) for p in problems]
     # --- 2. rollouts: student samples (knobs merged, no hook; one seed per completion) + teacher draws
     t_gen = time.perf_counter()
-    with s.adapter.merged():
-        roll = generate(s.model, s.tokenizer, prompts, Gs, cfg.max_new_tokens, temperature=cfg.temperature,
+    with rollout_model(cfg, s) as model:
+        roll = generate(model, s.tokenizer, prompts, Gs, cfg.max_new_tokens, temperature=cfg.temperature,
                         top_p=cfg.top_p, seeds=[derive_seed(cfg.seed, step, "sample", gi, j) for gi in mine
                                                 for j in range(Gs)], backend=cfg.rollout_backend,
                         compile=cfg.rollout_compile)
@@ -538,9 +566,10 @@ def backward(cfg: Config, s: Setup, rows: list, adv: torch.Tensor, student: list
             a = adv[ids].to(device)
             ref = None
             if cfg.beta > 0:
-                with torch.no_grad(), s.adapter.zeroed():
+                with torch.no_grad(), s.adapter.zeroed(), autocast(cfg, s):
                     ref, _ = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
-            logp, mask = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
+            with autocast(cfg, s):
+                logp, mask = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
             loss, kl = grpo_loss(logp, logp.detach(), ref, a, mask, cfg.clip_eps, cfg.beta, cfg.loss_norm,
                                  cfg.max_new_tokens)
             scale = len(ids) / n_total  # every row's denominator is the global batch's
