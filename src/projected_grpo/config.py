@@ -39,9 +39,9 @@ class Config:
     """Compute dtype; `auto` = bfloat16 on CUDA, float32 on CPU."""
     amp: bool = False
     """Mixed precision on fp32 weights: forward passes under bf16 autocast (knobs, gradients and optimizer
-    stay fp32) and rollouts from a bf16 copy of the merged model. On a CPU with AVX512-BF16 a demo step's
-    forward/backward is ~2.3x and generation ~2.5x faster (docs/PERF.md); rollouts then sample a
-    bf16-rounded policy."""
+    stay fp32) and rollouts from a bf16 copy of the merged model, made per rollout. On a CPU with AVX512-BF16
+    a demo step's forward/backward is ~2.4x and generation ~2x faster (docs/PERF.md); rollouts then sample a
+    bf16-rounded policy. For a large model on a GPU prefer `--dtype bfloat16` (no per-rollout copy)."""
     device: str = "auto"
     """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`..."""
     dataset: str = "builtin"
