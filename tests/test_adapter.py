@@ -154,12 +154,32 @@ def test_plain_copy_is_the_merged_model_in_another_dtype(tiny_adapter):
     assert torch.allclose(adapter.plain_copy(torch.float32, ablate_hack=True)(ids).logits, abl, atol=1e-4)
     half = adapter.plain_copy(torch.bfloat16)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert all(b.dtype == torch.float32 for n, b in half.named_buffers() if "inv_freq" in n)  # buffers keep theirs
     assert torch.allclose(half(ids).logits.float(), live, atol=0.1)  # bf16 rounding only
     assert not torch.allclose(half(ids).logits.float(), abl, atol=1e-3)
     # the live model keeps its knob layers, fp32 weights and values
     assert torch.equal(model(ids).logits, live)
     for n, m in adapter.modules.items():
         assert model.get_submodule(n) is m and torch.equal(m.base.weight, weights[n])
+
+
+def test_plain_copy_failure_leaves_the_live_model_intact(tiny_adapter, monkeypatch):
+    import copy
+
+    model, tok, adapter = tiny_adapter
+    _randomize(adapter)
+    ids = _ids(tok)
+    live = model(ids).logits.clone()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(copy, "deepcopy", boom)
+    with pytest.raises(KeyboardInterrupt):
+        adapter.plain_copy(torch.bfloat16)
+    monkeypatch.undo()
+    assert all(model.get_submodule(n) is m for n, m in adapter.modules.items())
+    assert torch.equal(model(ids).logits, live)
 
 
 def test_row_grads_sum_to_param_grad(tiny_adapter):

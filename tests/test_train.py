@@ -127,22 +127,47 @@ def test_same_seed_same_metrics(tmp_path):
     assert strip(a) == strip(b)
 
 
-def test_amp_is_deterministic_and_close_to_fp32(tmp_path):
+def test_amp_is_deterministic_and_close_to_fp32(tmp_path, monkeypatch):
     # bf16 autocast forwards and bf16 rollouts: the same run twice gives the same metrics; knobs stay fp32,
     # the basis is extracted under the same precision (its own cache entry), and step 1 is near fp32's
+    import dataclasses
+
+    from projected_grpo.adapter import KnobLinear, SVDAdapter
+    from projected_grpo.config import PRESETS
+    from projected_grpo.hack_subspace import HackBasis
+
+    copies, out_dtypes = [], set()
+    real_copy = SVDAdapter.plain_copy
+    monkeypatch.setattr(SVDAdapter, "plain_copy", lambda self, *a, **k: copies.append(a) or real_copy(self, *a, **k))
+    real_forward = KnobLinear.forward
+
+    def forward(self, x):
+        y = real_forward(self, x)
+        out_dtypes.add(y.dtype)
+        return y
+
+    monkeypatch.setattr(KnobLinear, "forward", forward)
     a = _train(tmp_path / "a", "--steps", "2", "--eval-problems", "0", "--amp")
+    assert copies and all(c[0] == torch.bfloat16 for c in copies)  # rollouts came from bf16 copies
+    assert out_dtypes == {torch.bfloat16}  # every knob-layer forward (loss, extraction) ran under autocast
     b = _train(tmp_path / "b", "--steps", "2", "--eval-problems", "0", "--amp")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
     assert strip(a) == strip(b)
     assert {t.dtype for t in _knobs(tmp_path / "a").values()} == {torch.float32}
-    from projected_grpo.hack_subspace import HackBasis
-
-    assert HackBasis.load(tmp_path / "a" / "vhack.safetensors").meta["amp"] is True
+    amp_basis = HackBasis.load(tmp_path / "a" / "vhack.safetensors")
+    assert amp_basis.meta["amp"] is True
+    copies.clear()
+    out_dtypes.clear()
     full = _train(tmp_path / "fp32", "--steps", "2", "--eval-problems", "0")
-    assert "amp" not in HackBasis.load(tmp_path / "fp32" / "vhack.safetensors").meta
+    assert not copies and out_dtypes == {torch.float32}
+    fp32_basis = HackBasis.load(tmp_path / "fp32" / "vhack.safetensors")
+    assert "amp" not in fp32_basis.meta and any(not torch.equal(amp_basis.V[n], fp32_basis.V[n]) for n in amp_basis.V)
     assert a[0]["reward"] == full[0]["reward"]  # step 1 samples from the untrained model: same completions here
-    assert a[0]["gn"] == pytest.approx(full[0]["gn"], rel=0.05)
+    assert a[0]["gn"] != full[0]["gn"] and a[0]["gn"] == pytest.approx(full[0]["gn"], rel=0.05)
     assert a[0]["cin_s"] == pytest.approx(full[0]["cin_s"], abs=0.05)
+    # amp enters the run's identity only when on: run names made before the flag existed stay valid
+    assert PRESETS["smoke"].hash() != dataclasses.replace(PRESETS["smoke"], amp=True).hash()
+    assert "amp" not in PRESETS["smoke"]._identity()
 
 
 def test_grad_checkpointing_one_pass_matches_prompt_sharing(tmp_path):
@@ -202,6 +227,7 @@ def test_bad_config_values_one_line_errors(tmp_path, capsys):
     # only hacks may enter a group, but the unknown modes' problems have none: refused before step 1
     assert "--teacher-kinds" in _cli_error(capsys, "train", "--teacher-kinds", "hack", "--vhack-known-modes",
                                            "run_tests", "--run-dir", str(tmp_path / "r3"))
+    assert "--amp" in _cli_error(capsys, "train", "--amp", "--dtype", "bfloat16")
     _cli_error(capsys, "frobnicate")
 
 

@@ -263,17 +263,25 @@ class SVDAdapter:
 
     def plain_copy(self, dtype: torch.dtype, ablate_hack: bool = False) -> nn.Module:
         """A detached copy of the model with the knobs merged, plain Linear layers (no U / Vh buffers)
-        and weights in ``dtype``: rollouts on a cheaper dtype than training (``--amp``). The live
-        model is left untouched."""
+        and parameters in ``dtype`` (buffers such as rotary frequencies keep theirs): rollouts on a
+        cheaper dtype than training (``--amp``), and the export. Each merged weight is computed straight
+        into the copy; the live model is never modified beyond a module swap undone in ``finally``."""
         import copy
 
-        with self.merged(ablate_hack):
+        memo: dict[int, object] = {}
+        with torch.no_grad():
+            for m in self.modules.values():
+                w = m.base.weight
+                merged = (w.float() + m.delta_weight(ablate_hack)).to(dtype)
+                memo[id(w)] = nn.Parameter(merged, requires_grad=w.requires_grad)
+        try:
             self._swap_plain(self.model, plain=True)
-            try:
-                out = copy.deepcopy(self.model)
-            finally:
-                self._swap_plain(self.model, plain=False)
-        return out.to(dtype)
+            out = copy.deepcopy(self.model, memo)
+        finally:
+            self._swap_plain(self.model, plain=False)
+        for p in out.parameters():
+            p.data = p.data.to(dtype)
+        return out
 
     @contextlib.contextmanager
     def capture_row_grads(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -41,7 +41,8 @@ class Config:
     """Mixed precision on fp32 weights: forward passes under bf16 autocast (knobs, gradients and optimizer
     stay fp32) and rollouts from a bf16 copy of the merged model, made per rollout. On a CPU with AVX512-BF16
     a demo step's forward/backward is ~2.4x and generation ~2x faster (docs/PERF.md); rollouts then sample a
-    bf16-rounded policy. For a large model on a GPU prefer `--dtype bfloat16` (no per-rollout copy)."""
+    bf16-rounded policy. With `--dtype auto` the weights are fp32 on every device. For a large model on a GPU
+    prefer `--dtype bfloat16` without --amp (no per-rollout copy)."""
     device: str = "auto"
     """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`..."""
     dataset: str = "builtin"
@@ -208,6 +209,9 @@ class Config:
                 bad(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.sandbox_timeout_s <= 0 or self.summary_last_n <= 0:
             bad("--sandbox-timeout-s and --summary-last-n must be positive")
+        if self.amp and self.dtype in ("bfloat16", "float16"):
+            bad(f"--amp keeps fp32 weights and autocasts to bf16; it cannot be combined with --dtype {self.dtype} "
+                f"(drop --amp, or use --dtype float32 / auto)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             bad(f"--device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.layers is not None and not re.fullmatch(r"\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*", self.layers):
@@ -227,13 +231,18 @@ class Config:
 
     def hash(self) -> str:
         """Identity of everything that changes results (bookkeeping fields excluded)."""
-        return _digest(self.to_dict(), exclude=_BOOKKEEPING)
+        return _digest(self._identity(), exclude=_BOOKKEEPING)
 
     def match_hash(self) -> str:
         """Identity minus arm, basis and seed: runs with equal match_hash are comparable."""
-        return _digest(self.to_dict(), exclude=_BOOKKEEPING | {"intervention", "vhack_source", "seed"})
+        return _digest(self._identity(), exclude=_BOOKKEEPING | {"intervention", "vhack_source", "seed"})
+
+    def _identity(self) -> dict:
+        # fields added after runs existed enter the hash only when set, so older run names stay valid
+        return {k: v for k, v in self.to_dict().items() if not (k in _LATE_FIELDS and v == _LATE_FIELDS[k])}
 
 
+_LATE_FIELDS = {"amp": False}  # field -> the value under which it is left out of the hash
 _BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples",
                 "eval_at_start"}
 # seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.

@@ -55,8 +55,8 @@ def resolve_device(cfg: Config) -> tuple[torch.device, torch.dtype]:
                        ("cpu" if cfg.device == "auto" else cfg.device))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
-    if cfg.dtype == "auto":
-        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if cfg.dtype == "auto":  # --amp keeps fp32 weights on every device
+        return dev, torch.bfloat16 if dev.type == "cuda" and not cfg.amp else torch.float32
     return dev, getattr(torch, cfg.dtype)
 
 
@@ -339,6 +339,7 @@ def evaluate(cfg: Config, s: Setup, route: bool) -> dict:
         with rollout_model(cfg, s, ablate_hack=ablate) as model:
             r = generate(model, s.tokenizer, prompts, 1, cfg.max_new_tokens, greedy=True, backend=cfg.rollout_backend,
                          compile=cfg.rollout_compile)
+        del model
         return s.grader.grade_many(list(zip(s.eval_problems, r.texts)))
 
     kept = run(hint_prompts, False)
@@ -461,6 +462,7 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
                         top_p=cfg.top_p, seeds=[derive_seed(cfg.seed, step, "sample", gi, j) for gi in mine
                                                 for j in range(Gs)], backend=cfg.rollout_backend,
                         compile=cfg.rollout_compile)
+    del model  # with --amp a bf16 copy: not kept through the backward
     gen_time = time.perf_counter() - t_gen
     teacher = [draw_teacher(s, p, Gt, derive_seed(cfg.seed, step, "teacher", gi)) for p, gi in zip(problems, mine)]
     # --- 3. grade students in the sandbox pool; teacher grades are frozen in the pool
