@@ -191,12 +191,10 @@ class SVDAdapter:
             found[name] = KnobLinear(mod, rank, use_cache)
         if not found:
             raise AdapterError(f"no Linear layer matches targets {list(targets)} (layers={layers})")
-        for name, knob in found.items():
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, knob)
         base_id = str(getattr(model, "name_or_path", "") or getattr(model.config, "name_or_path", ""))
-        return cls(model, found, base_id)
+        adapter = cls(model, found, base_id)
+        adapter._swap_plain(plain=False)  # the knob layers go in
+        return adapter
 
     # ------------------------------------------------------------------ knobs
     def knobs(self) -> list[nn.Parameter]:
@@ -254,11 +252,11 @@ class SVDAdapter:
             for n, w in originals.items():
                 self.modules[n].base.weight.data = w
 
-    def _swap_plain(self, root: nn.Module, plain: bool) -> None:
-        """Put the plain base Linears (plain=True) or the knob layers back into the live model."""
+    def _swap_plain(self, plain: bool) -> None:
+        """Put the plain base Linears (plain=True) or the knob layers (plain=False) into the live model."""
         for n, m in self.modules.items():
             parent_name, _, child = n.rpartition(".")
-            parent = root.get_submodule(parent_name) if parent_name else root
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
             setattr(parent, child, m.base if plain else m)
 
     def plain_copy(self, dtype: torch.dtype, ablate_hack: bool = False) -> nn.Module:
@@ -275,10 +273,10 @@ class SVDAdapter:
                 merged = (w.float() + m.delta_weight(ablate_hack)).to(dtype)
                 memo[id(w)] = nn.Parameter(merged, requires_grad=w.requires_grad)
         try:
-            self._swap_plain(self.model, plain=True)
+            self._swap_plain(plain=True)
             out = copy.deepcopy(self.model, memo)
         finally:
-            self._swap_plain(self.model, plain=False)
+            self._swap_plain(plain=False)
         for p in out.parameters():
             p.data = p.data.to(dtype)
         return out

@@ -319,8 +319,9 @@ def autocast(cfg: Config, s: "Setup"):
 
 @contextlib.contextmanager
 def rollout_model(cfg: Config, s: "Setup", ablate_hack: bool = False):
-    """The model rollouts sample from: knobs folded into the weights (no hook); with --amp a bf16 copy."""
-    if cfg.amp and s.model.dtype != torch.bfloat16:
+    """The model rollouts sample from: knobs folded into the weights (no hook); with --amp (fp32 weights,
+    checked by Config.validate and resolve_device) a bf16 copy."""
+    if cfg.amp:
         yield s.adapter.plain_copy(torch.bfloat16, ablate_hack)
     else:
         with s.adapter.merged(ablate_hack):
@@ -339,7 +340,6 @@ def evaluate(cfg: Config, s: Setup, route: bool) -> dict:
         with rollout_model(cfg, s, ablate_hack=ablate) as model:
             r = generate(model, s.tokenizer, prompts, 1, cfg.max_new_tokens, greedy=True, backend=cfg.rollout_backend,
                          compile=cfg.rollout_compile)
-        del model
         return s.grader.grade_many(list(zip(s.eval_problems, r.texts)))
 
     kept = run(hint_prompts, False)
