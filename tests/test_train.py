@@ -236,3 +236,45 @@ def test_existing_run_dir_and_config_mismatch(tmp_path, capsys):
     assert "--resume" in _cli_error(capsys, "train", "--run-dir", str(tmp_path / "r"), "--steps", "1")
     assert "another config" in _cli_error(capsys, "train", "--run-dir", str(tmp_path / "r"), "--resume",
                                           "--lr", "0.5", "--steps", "1")
+
+
+def test_run_dir_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path):
+    """Two real processes on one run dir: the second is refused in one line while the first lives; once
+    the first is SIGKILLed its lock file stays behind but no longer blocks, and --resume finishes the run."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "projected_grpo.cli", "train", "--preset", "smoke", "--steps", "40",
+           "--sandbox-workers", "1", "--eval-problems", "0", "--run-dir", str(run)]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "metrics.jsonl").exists():
+            time.sleep(0.05)
+        assert (run / "metrics.jsonl").exists() and first.poll() is None
+        for extra in ([], ["--resume"]):  # resume is refused too: it would rewrite the live run's files
+            second = subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, timeout=120)
+            err = second.stderr.strip()
+            assert second.returncode == 2 and err.startswith("error:") and "\n" not in err, err
+            assert "in use by another training" in err and f"pid {first.pid}" in err, err
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        assert (run / ".lock").exists()  # left behind by the dead holder
+        rows_before = len((run / "metrics.jsonl").read_text().splitlines())
+        done = subprocess.run([*cmd, "--resume", "--steps", "40"], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41)) and rows_before < 40  # every step once: no second writer got in
+
+
+def test_resume_of_a_path_without_a_run_is_an_error(tmp_path, capsys):
+    err = _cli_error(capsys, "train", "--run-dir", str(tmp_path / "typo"), "--resume")
+    assert "--resume" in err and "no run there" in err
+    assert not (tmp_path / "typo").exists()  # nothing created
+    (tmp_path / "empty").mkdir()
+    assert "no run there" in _cli_error(capsys, "train", "--run-dir", str(tmp_path / "empty"), "--resume")

@@ -62,12 +62,38 @@ def resolve_device(cfg: Config) -> tuple[torch.device, torch.dtype]:
 
 # ---------------------------------------------------------------------------- run directory
 class RunDir:
-    """Atomic writes of config, metrics, checkpoints and summary."""
+    """Atomic writes of config, metrics, checkpoints and summary; one writer at a time (``lock``)."""
+
+    LOCK = ".lock"
 
     def __init__(self, path: Path):
         self.path = path
         self.metrics = path / "metrics.jsonl"
         self.ckpt = path / "ckpt"
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Exclusive ``flock`` on ``<run>/.lock`` for this process's training, or ConfigError naming the holder.
+        The kernel drops the lock when its holder dies (even by SIGKILL), so a lock file left by a dead
+        process never blocks: only a live writer does."""
+        import fcntl
+
+        fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"{self.path} is in use by another training ({holder}); wait for it to end or pick "
+                              f"another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock; the file stays (harmless)
+            self._lock_fd = None
 
     @classmethod
     def open(cls, cfg: Config, write: bool = True) -> tuple["RunDir", dict | None]:
@@ -78,6 +104,19 @@ class RunDir:
         if not write:
             return run, run.load_state()
         saved = path / "config.json"
+        if cfg.resume and not saved.exists():  # a mistyped path must not silently start a fresh run
+            raise ConfigError(f"--resume {path}: no run there (no config.json); check the path, or drop --resume "
+                              f"to start a new run")
+        path.mkdir(parents=True, exist_ok=True)
+        run.lock()  # before reading anything: a second writer must not touch the files
+        try:
+            return run, run._prepare(cfg)
+        except BaseException:
+            run.release()
+            raise
+
+    def _prepare(self, cfg: Config) -> dict | None:
+        run, path, saved = self, self.path, self.path / "config.json"
         started = (run.ckpt / "state.pt").exists() or (path / "ckpt.old").exists() or run.metrics.exists()
         if saved.exists() and not cfg.resume and started:
             raise ConfigError(f"{path} already holds a run; pass --resume to continue it or pick another --run-dir")
@@ -92,7 +131,6 @@ class RunDir:
                 if not cfg.force:
                     raise ConfigError(f"{path} was made with another config (differs in {diff}); "
                                       f"refusing to resume (--force to override)")
-        path.mkdir(parents=True, exist_ok=True)
         old_ckpt = path / "ckpt.old"
         if not run.ckpt.exists() and old_ckpt.exists():  # killed between the two renames of save_checkpoint
             old_ckpt.rename(run.ckpt)
@@ -111,7 +149,9 @@ class RunDir:
             if samples.exists():
                 kept = [ln for ln in samples.read_text().splitlines() if ln.strip() and _complete_row(ln, state["step"])]
                 samples.write_text("".join(ln + "\n" for ln in kept))
-        return run, state
+        elif cfg.resume:
+            print(f"{path}: no checkpoint yet (stopped before its first step); starting from step 0", file=sys.stderr)
+        return state
 
     def load_state(self) -> dict | None:
         f = self.ckpt / "state.pt"
@@ -380,13 +420,14 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         raise ConfigError(error)
     if not dist.is_main():
         run, state = RunDir.open(cfg, write=False)
-    if state is not None and state["step"] >= cfg.steps and (run.path / "summary.json").exists():
-        if not quiet:
-            print(f"{run.path}: already complete")
-        return run.path
-    s = setup(cfg, device, dtype, progress=None if quiet else (lambda m: print(f"[{cfg.arm} s{cfg.seed}] {m}")))
-    s.run_path = run.path
-    try:
+    s = None
+    try:  # from here on the run dir is locked (rank 0): released in the finally, whatever happens
+        if state is not None and state["step"] >= cfg.steps and (run.path / "summary.json").exists():
+            if not quiet:
+                print(f"{run.path}: already complete")
+            return run.path
+        s = setup(cfg, device, dtype, progress=None if quiet else (lambda m: print(f"[{cfg.arm} s{cfg.seed}] {m}")))
+        s.run_path = run.path
         # a resumed run continues with the basis it had (it may have been refreshed mid-run)
         if state is not None:
             basis = HackBasis.load(run.ckpt / "vhack.safetensors")
@@ -443,7 +484,9 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         dist.barrier()
         return run.path
     finally:
-        s.grader.close()
+        if s is not None:
+            s.grader.close()
+        run.release()
 
 
 def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateProjector, opt, sched, step: int) -> dict:
