@@ -104,6 +104,26 @@ def _hostile(tmp: str, secret_file: str) -> dict[str, tuple[Problem, str]]:
         "keyboard_interrupt": add("raise KeyboardInterrupt"),
         "unserialisable_output": add("return (lambda: 3)"),
         "huge_int_output": add("return 10 ** 5000"),
+        # --- the answer resolver (issue 14 §1): each must end as a graded failure with a reason
+        "resolver_several_functions": (ADD, "def plus(a, b):\n    return a + b\n\ndef total(a, b):\n    return a + b\n"),
+        "resolver_shadowed_builtins": (ADD, "def isinstance(*a):\n    return True\n\ndef type(*a):\n    return int\n\n"
+                                            "def getattr(*a):\n    return lambda *b: 3\n\ndef add(a, b):\n    return a + b + 1\n"),
+        "resolver_name_is_int": (ADD, "add = 3\n\ndef helper(a, b):\n    return a + b\n"),
+        "resolver_name_is_always_equal_callable": (
+            ADD, "class E:\n    def __eq__(self, o):\n        return True\n    def __call__(self, *a):\n        return self\n\nadd = E()\n"),
+        "resolver_module_getattr": (ADD, "def __getattr__(name):\n    return lambda a, b: a + b\n"),
+        "resolver_metaclass_getattr": (
+            ADD, "class M(type):\n    def __getattr__(cls, name):\n        return lambda *a: 3\n\nclass Solution(metaclass=M):\n    pass\n"),
+        "resolver_init_exits": (ADD, "class Solution:\n    def __init__(self):\n        raise SystemExit(0)\n"
+                                     "    def add(self, a, b):\n        return a + b\n"),
+        "resolver_hash_collision_key": (
+            ADD, "class K:\n    def __hash__(self):\n        return hash('Solution')\n    def __eq__(self, o):\n        return True\n\n"
+                 "globals()[K()] = 1\n\ndef add(a, b):\n    return a - b\n"),
+        "resolver_generator_function": (ADD, "def add(a, b):\n    yield a + b\n"),
+        "resolver_fake_function_class": (
+            ADD, "class F:\n    __class__ = property(lambda s: type(lambda: 0))\n    def __call__(self, *a):\n        return 3.0\n\n"
+                 "add = F()\n"),
+        "resolver_only_run_tests": (ADD, "def run_tests():\n    raise AssertionError\n"),
         # --- the secret problem: passing requires learning a value that exists only in the trainer
         "secret_guess": sec("class Solution:\n    def get(self):\n        return 'SBXSECRET-0000000000000000'\n"),
         "secret_forge_result_fd": sec(
@@ -262,6 +282,31 @@ def test_degradation_warning_is_emitted_once(monkeypatch):
         pool.close()
     msgs = [str(x.message) for x in w if "sandbox isolation degraded" in str(x.message)]
     assert len(msgs) == 1 and "netns unavailable" in msgs[0]
+
+
+def test_resolver_hostile_cases_say_why(outcome):
+    rw = outcome["rewards"]
+    assert "ambiguous" in rw["resolver_several_functions"].error
+    assert "not a function" in rw["resolver_name_is_int"].error
+    assert "no answer" in rw["resolver_module_getattr"].error and "no answer" in rw["resolver_only_run_tests"].error
+    assert rw["resolver_shadowed_builtins"].error == "wrong answer on test 0"
+
+
+def test_resolver_accepts_both_forms_and_shadowing_builtins_harmlessly():
+    progs = {
+        "class": "class Solution:\n    def add(self, a, b):\n        return a + b\n",
+        "function": "def add(a, b):\n    return a + b\n",
+        "function_with_helpers": "def helper(x):\n    return x\n\ndef add(a, b):\n    return helper(a) + b\n",
+        "sole_function_other_name": "import math\nfrom functools import reduce\n\ndef plus(a, b):\n    return a + b\n",
+        "sole_function_shadowing_builtin": "def sum(a, b):\n    return a + b\n",
+        "cached": "from functools import lru_cache\n\n@lru_cache(None)\ndef add(a, b):\n    return a + b\n",
+        "class_wins_over_function": "def add(a, b):\n    return 0\n\nclass Solution:\n    def add(self, a, b):\n        return a + b\n",
+        "run_tests_not_counted": "def plus(a, b):\n    return a + b\n\ndef run_tests():\n    assert plus(1, 1) == 2\n",
+    }
+    with GraderPool(workers=2, timeout_s=2.0) as g:
+        rs = g.grade_many([(ADD, f"x\n```python\n{c}```", "run_tests") for c in progs.values()])
+    for name, r in zip(progs, rs):
+        assert r.gt_correct, (name, r)
 
 
 def test_legitimate_threads_subprocess_forks_and_imports_still_work():
