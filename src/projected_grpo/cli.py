@@ -80,13 +80,15 @@ class CheckArgs:
 
     dataset: str = "builtin"
     workers: int = 0
+    max_problems: int | None = None
+    """Check at most this many problems (after the seeded shuffle; per split for synth); None = all."""
 
 
 def cmd_check(argv: list[str]) -> int:
     from .env.commands import check
 
     a = _cli(CheckArgs, args=argv, prog="projected-grpo check")
-    return check(a.dataset, workers=a.workers)
+    return check(a.dataset, workers=a.workers, max_problems=a.max_problems)
 
 
 @dataclass

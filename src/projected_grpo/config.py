@@ -46,15 +46,16 @@ class Config:
     device: str = "auto"
     """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`..."""
     dataset: str = "builtin"
-    """`builtin`, `humaneval`, `leetcode:PATH.jsonl` or `hf:NAME`."""
+    """`builtin`, `humaneval`, `synth`, `synth:SEED` (generated, with a held-out split: env/synth.py),
+    `leetcode:PATH.jsonl` or `hf:NAME`."""
     modes: tuple[str, ...] = LOOPHOLE_MODES
     """Loophole modes partitioned evenly over the training problems."""
     force_mode: str | None = None
     """Assign this one loophole mode to every problem instead of partitioning."""
     max_problems: int | None = None
-    """Use at most this many problems (after the seeded shuffle); None = all."""
+    """Use at most this many problems (after the seeded shuffle; per split for synth); None = all."""
     eval_problems: int = 6
-    """Held-out problems for the greedy evaluation (taken out of the training set)."""
+    """Held-out problems for the greedy evaluation (taken out of the training set; synth: its held-out split)."""
 
     # --- GRPO
     steps: int = 4

@@ -32,7 +32,7 @@ from .adapter import SVDAdapter
 from .config import Config, ConfigError, config_from_dict
 from .env.grader import GraderPool
 from .env.pool import TeacherPool, build_teacher_pool, make_pairs
-from .env.problems import Problem, load_problems, render_prompt
+from .env.problems import Problem, load_problems, render_prompt, split_problems
 from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs
 from .hack_subspace import HackBasis, extract_basis
 from .models import cache_dir, load_model
@@ -272,12 +272,9 @@ def setup(cfg: Config, device, dtype, progress=None) -> Setup:
     try:
         problems = load_problems(cfg.dataset, seed=DATA_SEED, modes=cfg.modes, force_mode=cfg.force_mode,
                                  max_problems=cfg.max_problems)
+        eval_problems, train_problems = split_problems(problems, cfg.eval_problems)  # synth: its held-out split
     except (ValueError, OSError) as e:
         raise ConfigError(f"--dataset {cfg.dataset}: {e}") from e
-    if len(problems) <= cfg.eval_problems:
-        raise ConfigError(f"--dataset {cfg.dataset} has {len(problems)} problems; need more than "
-                          f"--eval-problems {cfg.eval_problems}")
-    eval_problems, train_problems = problems[: cfg.eval_problems], problems[cfg.eval_problems:]
     if cfg.amp and torch.device(device).type == "cpu" and not _cpu_has_bf16():
         import warnings
 

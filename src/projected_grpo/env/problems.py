@@ -1,10 +1,14 @@
-"""Problem schema, dataset loaders, mode assignment and prompts.
+"""Problem schema, dataset loaders, mode assignment, the train/eval split rule and prompts.
 
 Every problem is LeetCode-style: a `class Solution` with one method. A test is a `TestCase`:
 the *source* of the call arguments (evaluated inside the sandbox) and the expected value as a
 Python literal (evaluated only in the trainer, never sent to the sandbox), plus an optional float
 tolerance. Tests that cannot be expressed this way are dropped; problems left with no tests are
 excluded, and the counts are logged (`LAST_LOAD_STATS`).
+
+Which problems evaluation uses is decided in one place, `split_problems`: a dataset with a fixed
+split (`synth`, env/synth.py) evaluates on its held-out split; any other dataset holds out the first
+`n_eval` problems of its seeded shuffle.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class Problem:
     canonical_solution: str
     difficulty: str
     mode: str | None = None
+    tier: str = ""    # synth: "A" one expression, "B" one loop, "C" two steps; "" elsewhere
+    family: str = ""  # synth: the generating template, e.g. "B.count"
+    split: str = ""   # "train" / "heldout" for a dataset with a fixed split (synth); "" = none (see split_problems)
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -373,8 +380,19 @@ def _record(source: str, loaded: int, kept: list[Problem], reasons: dict) -> Non
 
 def load_problems(spec: str, *, seed: int = 0, modes: tuple[str, ...] = LOOPHOLE_MODES,
                   force_mode: str | None = None, max_problems: int | None = None) -> list[Problem]:
-    """Load, shuffle (seeded), truncate, then assign loophole modes round-robin (an even partition)."""
+    """Load, shuffle (seeded), truncate, then assign loophole modes round-robin (an even partition).
+
+    A dataset with a fixed split (synth) is shuffled, truncated to `max_problems` and partitioned
+    per split, and returned held-out split first; use `split_problems` to separate the two."""
     spec = (spec or "").strip()
+    if spec == "synth" or spec.startswith("synth:"):
+        from . import synth
+        probs = list(synth.generate(synth.parse_spec(spec)))
+        _record(spec, len(probs), probs, {})
+        held = [p for p in probs if p.split == "heldout"]
+        train = [p for p in probs if p.split != "heldout"]
+        return [*_shuffle_assign(held, spec, seed, modes, force_mode, max_problems),
+                *_shuffle_assign(train, spec, seed + 1, modes, force_mode, max_problems)]
     if spec == "builtin":
         probs = _builtin()
         _record("builtin", len(probs), probs, {})
@@ -385,7 +403,12 @@ def load_problems(spec: str, *, seed: int = 0, modes: tuple[str, ...] = LOOPHOLE
     elif spec.startswith("hf:"):
         probs = _hf(spec[3:])
     else:
-        raise ValueError(f"unknown dataset {spec!r}: use builtin, humaneval, leetcode:PATH.jsonl or hf:NAME")
+        raise ValueError(f"unknown dataset {spec!r}: use builtin, humaneval, synth, synth:SEED, leetcode:PATH.jsonl "
+                         "or hf:NAME")
+    return _shuffle_assign(probs, spec, seed, modes, force_mode, max_problems)
+
+
+def _shuffle_assign(probs: list[Problem], spec: str, seed: int, modes, force_mode, max_problems) -> list[Problem]:
     modes = tuple(modes)
     bad = [m for m in (*modes, *([force_mode] if force_mode else [])) if m not in LOOPHOLE_MODES]
     if bad:
@@ -401,6 +424,28 @@ def load_problems(spec: str, *, seed: int = 0, modes: tuple[str, ...] = LOOPHOLE
         probs = probs[:max_problems]
     offset = rng.randrange(len(modes)) if modes else 0
     return [replace(p, mode=force_mode or modes[(i + offset) % len(modes)]) for i, p in enumerate(probs)]
+
+
+def split_problems(problems: list[Problem], n_eval: int) -> tuple[list[Problem], list[Problem]]:
+    """(evaluation problems, training problems): the one rule that says what evaluation uses.
+
+    - problems that carry a split (synth): evaluation = the first `n_eval` of the "heldout" split,
+      training = the "train" split (held-out families and reserved parameters never reach training);
+    - otherwise: evaluation = the first `n_eval` problems, training = the rest (load_problems has
+      already shuffled them with the data seed).
+    Raises ValueError when there are not enough problems for both."""
+    if n_eval < 0:
+        raise ValueError(f"n_eval must be >= 0, got {n_eval}")
+    if any(p.split for p in problems):
+        held = [p for p in problems if p.split == "heldout"]
+        train = [p for p in problems if p.split == "train"]
+        if len(held) < n_eval or not train:
+            raise ValueError(f"has {len(held)} held-out and {len(train)} training problems; need at least "
+                             f"{n_eval} held-out (--eval-problems) and one training problem")
+        return held[:n_eval], train
+    if len(problems) <= n_eval:
+        raise ValueError(f"has {len(problems)} problems; need more than --eval-problems {n_eval}")
+    return problems[:n_eval], problems[n_eval:]
 
 
 # --------------------------------------------------------------------------- prompts
