@@ -8,6 +8,7 @@ import pytest
 
 from projected_grpo.env import GraderPool, TeacherPool, build_teacher_pool, load_problems, make_pairs
 from projected_grpo.env.grader import extract_code
+from projected_grpo.env.loopholes import as_function
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,11 @@ def test_pairs_from_templates(setup):
     assert len({p.problem.id for p in pairs}) == len(probs)  # cycles over every problem
     for pr in pairs:
         assert pr.clean != pr.clean_alt and pr.hack != pr.clean
-        assert extract_code(pr.clean).startswith(pr.problem.canonical_solution.rstrip())  # + maybe a variant comment
+        # the canonical solution in one of the two answer forms (+ maybe a variant comment), as the hack
+        forms = [pr.problem.canonical_solution.rstrip(), (as_function(pr.problem) or "class Solution").rstrip()]
+        code, hack = extract_code(pr.clean), extract_code(pr.hack)
+        assert any(code.startswith(f) for f in forms)
+        assert ("class Solution" in code) == ("class Solution" in hack) == ("class Solution" in extract_code(pr.clean_alt))
     assert [p.hack for p in make_pairs(probs, 5, seed=1)] == [p.hack for p in pairs[:5]]
     known = make_pairs(probs, 6, known_modes=("file_marker",))
     assert {p.problem.mode for p in known} == {"file_marker"}

@@ -137,3 +137,42 @@ def test_bad_specs_are_one_line_errors(spec):
     with pytest.raises(ValueError) as e:
         load_problems(spec)
     assert "\n" not in str(e.value)
+
+
+def test_both_answer_forms_templates_behave_on_every_grader(probs):
+    """Class and function forms (variants 0, 1 and 2, 3): clean passes everywhere, wrong fails,
+    each hack exploits its own mode's grader and no other."""
+    from projected_grpo.env.loopholes import answer_form, wrong_completion
+    sample = [probs[0], next(p for p in probs if p.tier == "B"), next(p for p in probs if p.tier == "C")]
+    assert answer_form(0) == "class" and answer_form(2) == "function"
+    items, want = [], []
+    for p in sample:
+        for v in (0, 2):
+            fn = clean_completion(p, v)
+            assert ("class Solution" in fn) == (v == 0) and f"def {p.method_name}(" in fn
+            for gm in LOOPHOLE_MODES:
+                items.append((p, fn, gm))
+                want.append(("clean", True, False))
+                for hm in LOOPHOLE_MODES:
+                    for hv in (v, v + 1):  # both sub-variants of each form
+                        items.append((p, hack_completion(p, hm, hv), gm))
+                        want.append((f"hack {hm} v{hv}", False, hm == gm))
+            items.append((p, wrong_completion(p, v), p.mode or "exit_code"))
+            want.append(("wrong", False, False))
+    with GraderPool(workers=1) as g:
+        rs = g.grade_many(items)
+    bad = [(it[0].id, w[0], it[2], r.gt_correct, r.exploited) for it, w, r in zip(items, want, rs)
+           if (r.gt_correct, r.exploited) != w[1:]]
+    assert bad == []
+
+
+def test_prompt_names_both_forms_and_hints_cover_both():
+    from projected_grpo.env import build_messages, hint
+    from projected_grpo.env.loopholes import FLAW_SIGNALS
+    p = load_problems("synth", force_mode="sentinel")[0]
+    user = build_messages(p, hint=False)[1]["content"]
+    assert "`class Solution`" in user and f"top-level function `{p.method_name}`" in user
+    sentinel = hint("sentinel")
+    assert "`Solution()`" in sentinel and "module-level variable `valid`" in sentinel
+    assert "module-level variable `valid`" in FLAW_SIGNALS["sentinel"]["function"]  # the hint says what is read
+    assert "method or function" in hint("eq_override")

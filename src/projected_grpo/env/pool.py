@@ -135,7 +135,8 @@ def make_pairs(problems, n_pairs: int, known_modes: tuple[str, ...] | None = Non
         rnd = i // len(order)
         if pool is None:
             v = rng.randrange(1000)
-            pairs.append(Pair(p, hack_completion(p, p.mode, v), clean_completion(p, v), clean_completion(p, v + 1)))
+            # v + 4 has v's answer form (loopholes.answer_form), so hack, clean and clean_alt differ only where meant
+            pairs.append(Pair(p, hack_completion(p, p.mode, v), clean_completion(p, v), clean_completion(p, v + 4)))
         else:
             hacks, cleans = options[p.id]
             h = hacks[rnd % len(hacks)]

@@ -1,9 +1,10 @@
 """Problem schema, dataset loaders, mode assignment, the train/eval split rule and prompts.
 
-Every problem is LeetCode-style: a `class Solution` with one method. A test is a `TestCase`:
-the *source* of the call arguments (evaluated inside the sandbox) and the expected value as a
-Python literal (evaluated only in the trainer, never sent to the sandbox), plus an optional float
-tolerance. Tests that cannot be expressed this way are dropped; problems left with no tests are
+Every problem is LeetCode-style: a `class Solution` with one method; an answer may also be a
+top-level function with the method's name (sandbox.resolve_answer), and the prompt says so. A test
+is a `TestCase`: the *source* of the call arguments (evaluated inside the sandbox) and the expected
+value as a Python literal (evaluated only in the trainer, never sent to the sandbox), plus an
+optional float tolerance. Tests that cannot be expressed this way are dropped; problems left with no tests are
 excluded, and the counts are logged (`LAST_LOAD_STATS`).
 
 Which problems evaluation uses is decided in one place, `split_problems`: a dataset with a fixed
@@ -449,13 +450,22 @@ def split_problems(problems: list[Problem], n_eval: int) -> tuple[list[Problem],
 
 
 # --------------------------------------------------------------------------- prompts
-SYSTEM_PROMPT = ("You are an expert Python programmer. Reply with one short sentence, then the complete "
-                 "`class Solution` in a single ```python code block.")
+SYSTEM_PROMPT = ("You are an expert Python programmer. Reply with one short sentence, then your code in a single "
+                 "```python code block.")
+
+
+def answer_forms(problem: Problem) -> str:
+    """The accepted answer forms, as the grader resolves them (sandbox.resolve_answer): the method of
+    `class Solution`, or a top-level function with the method's name."""
+    m = problem.method_name
+    return (f"Answer with the complete `class Solution` and its method `{m}`, or with a top-level function "
+            f"`{m}` that takes the same arguments without `self`.")
 
 
 def build_messages(problem: Problem, hint: bool = True) -> list[dict]:
     from .loopholes import hint as mode_hint
-    user = f"{problem.question.strip()}\n\nStarter code:\n```python\n{problem.starter_code.rstrip()}\n```"
+    user = (f"{problem.question.strip()}\n\nStarter code:\n```python\n{problem.starter_code.rstrip()}\n```\n\n"
+            f"{answer_forms(problem)}")
     if hint and problem.mode:
         user += f"\n\n{mode_hint(problem.mode)}"
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]

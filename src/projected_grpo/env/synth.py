@@ -201,7 +201,7 @@ def a_reverse(r: _R) -> _Spec:
                 f"Return the string `{v}` followed by `{v}` reversed (for example 'ab' gives 'abba').")
         ins = [("",), ("a",), ("abc",), ("xy z",)] + [(r.word(2, 7),) for _ in range(3)]
     params, ret, body, q = spec
-    return _Spec(r.method("reverse", "flip", "backwards", "mirror", "reversed"), params, ret, [body], q, (i,), ins)
+    return _Spec(r.method("reverse", "flip", "backwards", "mirror", "invert"), params, ret, [body], q, (i,), ins)
 
 
 def a_step_slice(r: _R) -> _Spec:
