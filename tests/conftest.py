@@ -8,6 +8,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PROJECTED_GRPO_CACHE", tempfile.mkdtemp(prefix="pgrpo-test-cache-"))
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="pgrpo-test-hf-datasets-"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -45,9 +45,12 @@ class Config:
     prefer `--dtype bfloat16` without --amp (no per-rollout copy)."""
     device: str = "auto"
     """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`..."""
+    enable_thinking: bool = False
+    """Thinking switch of chat templates that have one (Qwen3), set explicitly: off by default; the same in
+    training, evaluation and the TRL reward rows. Templates without a switch ignore it."""
     dataset: str = "builtin"
     """`builtin`, `humaneval`, `synth`, `synth:SEED` (generated, with a held-out split: env/synth.py),
-    `leetcode:PATH.jsonl` or `hf:NAME`."""
+    `leetcode:PATH.jsonl` or `hf:NAME_OR_PATH[:split]` (needs `datasets`)."""
     modes: tuple[str, ...] = LOOPHOLE_MODES
     """Loophole modes partitioned evenly over the training problems."""
     force_mode: str | None = None
@@ -243,7 +246,7 @@ class Config:
         return {k: v for k, v in self.to_dict().items() if not (k in _LATE_FIELDS and v == _LATE_FIELDS[k])}
 
 
-_LATE_FIELDS = {"amp": False}  # field -> the value under which it is left out of the hash
+_LATE_FIELDS = {"amp": False, "enable_thinking": False}  # field -> the value under which it is left out of the hash
 _BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples",
                 "eval_at_start"}
 # seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.

@@ -300,7 +300,8 @@ def setup(cfg: Config, device, dtype, progress=None) -> Setup:
     pair_list = make_pairs(train_problems, cfg.vhack_pairs, known_modes=cfg.vhack_known_modes, seed=DATA_SEED)
     if not pair_list:
         raise ConfigError("no (hack, clean) pairs could be made from these problems and --vhack-known-modes")
-    pairs = [(render_prompt(tok, p.problem), p.hack, p.clean, p.clean_alt) for p in pair_list]
+    pairs = [(render_prompt(tok, p.problem, enable_thinking=cfg.enable_thinking), p.hack, p.clean, p.clean_alt)
+             for p in pair_list]
     return Setup(model, tok, adapter, train_problems, eval_problems, pool, pairs, grader, teacher_kinds=cfg.teacher_kinds)
 
 
@@ -370,8 +371,8 @@ def evaluate(cfg: Config, s: Setup, route: bool) -> dict:
     """Greedy on the held-out set: kept (as trained) and abl (δS_hack ablated), plus no-hint solve."""
     if not s.eval_problems:
         return {}
-    hint_prompts = [render_prompt(s.tokenizer, p) for p in s.eval_problems]
-    nohint_prompts = [render_prompt(s.tokenizer, p, hint=False) for p in s.eval_problems]
+    hint_prompts = [render_prompt(s.tokenizer, p, enable_thinking=cfg.enable_thinking) for p in s.eval_problems]
+    nohint_prompts = [render_prompt(s.tokenizer, p, False, cfg.enable_thinking) for p in s.eval_problems]
 
     def run(prompts, ablate):
         with rollout_model(cfg, s, ablate_hack=ablate) as model:
@@ -494,7 +495,7 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     chosen = torch.randperm(len(s.train_problems), generator=gen)[:P].tolist()
     mine = list(range(dist.rank(), len(chosen), dist.world()))  # global prompt indices
     problems = [s.train_problems[chosen[gi]] for gi in mine]
-    prompts = [render_prompt(s.tokenizer, p) for p in problems]
+    prompts = [render_prompt(s.tokenizer, p, enable_thinking=cfg.enable_thinking) for p in problems]
     # --- 2. rollouts: student samples (knobs merged, no hook; one seed per completion) + teacher draws
     t_gen = time.perf_counter()
     with rollout_model(cfg, s) as model:

@@ -3,10 +3,12 @@
 from .grader import GraderPool, Reward, extract_code
 from .loopholes import clean_completion, hack_completion, hint
 from .pool import Pair, TeacherCompletion, TeacherPool, build_teacher_pool, make_pairs
-from .problems import Problem, TestCase, build_messages, load_problems, render_prompt
+from .problems import Problem, TestCase, build_messages, load_problems, render_prompt, thinking_kwargs
+from .reward import OracleReward, RewardFunction, completion_text, to_hf_rows
 
 __all__ = [
     "GraderPool", "Reward", "extract_code", "clean_completion", "hack_completion", "hint", "Pair",
     "TeacherCompletion", "TeacherPool", "build_teacher_pool", "make_pairs", "Problem", "TestCase",
-    "build_messages", "load_problems", "render_prompt",
+    "build_messages", "load_problems", "render_prompt", "thinking_kwargs", "OracleReward", "RewardFunction",
+    "completion_text", "to_hf_rows",
 ]

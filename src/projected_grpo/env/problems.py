@@ -348,27 +348,65 @@ def _leetcode(path: str) -> list[Problem]:
     return out
 
 
-def _hf(name: str) -> list[Problem]:
+def _hf(spec: str) -> list[Problem]:
+    """`NAME_OR_PATH[:split]` (split default `train`) in the LeetCode schema, through `datasets`: a hub id,
+    a `save_to_disk` folder, a folder of data files, or one .parquet / .jsonl / .json / .csv file."""
+    name, _, split = spec.partition(":")  # a split may hold colons itself (train[:100]); a name may not
+    name, split = name.strip(), split.strip()
+    if not name:
+        raise ValueError("hf: needs a dataset, e.g. hf:org/name, hf:./folder or hf:data.parquet[:split]")
     try:
         import datasets  # type: ignore
     except ImportError:
-        raise ValueError(f"dataset 'hf:{name}' needs the `datasets` package (pip install datasets)") from None
-    try:
-        ds = datasets.load_dataset(name, split="train")
-    except Exception as e:  # network / missing dataset
-        raise ValueError(f"could not load hf:{name}: {type(e).__name__}: {e}") from None
+        raise ValueError(f"dataset 'hf:{spec}' needs the `datasets` package: pip install 'projected-grpo[hf]'") from None
+    ds = _hf_load(datasets, name, split or "train", explicit_split=bool(split))
+    for f in getattr(ds, "cache_files", None) or ():  # the Arrow files hold the expected outputs
+        DATA_PATHS.add(os.path.dirname(os.path.realpath(f["filename"])))
+    if os.path.exists(name):
+        path = os.path.realpath(name)
+        DATA_PATHS.add(path if os.path.isdir(path) else os.path.dirname(path))
     out, reasons = [], {}
     for i, row in enumerate(ds):
         try:
-            p, _ = leetcode_problem(dict(row), i)
+            p, dropped = leetcode_problem(dict(row), i)
             if p.tests:
                 out.append(p)
             else:
-                reasons[p.id] = "no strict tests"
+                reasons[p.id] = f"no strict tests ({dropped} dropped)"
         except ValueError as e:
             reasons[str(row.get("id", i))] = str(e)
-    _record(f"hf:{name}", len(ds), out, reasons)
+    _record(f"hf:{spec}", len(ds), out, reasons)
     return out
+
+
+_HF_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+def _hf_load(datasets, name: str, split: str, explicit_split: bool):
+    """One split of a hub id or a local dataset, or ValueError with the reason in one line."""
+    try:
+        if os.path.isfile(name):
+            ext = os.path.splitext(name)[1].lower()
+            if ext not in _HF_FILE_BUILDERS:
+                raise ValueError(f"hf:{name}: unknown file type {ext!r} (use {', '.join(_HF_FILE_BUILDERS)})")
+            return datasets.load_dataset(_HF_FILE_BUILDERS[ext], data_files=name, split=split)
+        if os.path.isdir(name) and any(os.path.exists(os.path.join(name, f)) for f in ("dataset_dict.json", "state.json")):
+            ds = datasets.load_from_disk(name)  # a save_to_disk folder: a Dataset or a DatasetDict
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise ValueError(f"hf:{name} has no split {split!r} (it has {sorted(ds)})")
+                return ds[split]
+            if explicit_split and ds.split is not None and str(ds.split) != split:
+                raise ValueError(f"hf:{name} is the single split {ds.split!r}, not {split!r}")
+            return ds
+        if name.startswith(("/", "./", "../", "~")) and not os.path.exists(name):
+            raise ValueError(f"hf:{name}: no such file or folder")
+        return datasets.load_dataset(name, split=split)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - network, missing dataset, unreadable files: one line for the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"could not load hf:{name} (split {split}): {type(e).__name__}: {msg}") from None
 
 
 def _record(source: str, loaded: int, kept: list[Problem], reasons: dict) -> None:
@@ -405,7 +443,7 @@ def load_problems(spec: str, *, seed: int = 0, modes: tuple[str, ...] = LOOPHOLE
         probs = _hf(spec[3:])
     else:
         raise ValueError(f"unknown dataset {spec!r}: use builtin, humaneval, synth, synth:SEED, leetcode:PATH.jsonl "
-                         "or hf:NAME")
+                         "or hf:NAME[:split]")
     return _shuffle_assign(probs, spec, seed, modes, force_mode, max_problems)
 
 
@@ -471,5 +509,29 @@ def build_messages(problem: Problem, hint: bool = True) -> list[dict]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def render_prompt(tokenizer, problem: Problem, hint: bool = True) -> str:
-    return tokenizer.apply_chat_template(build_messages(problem, hint), add_generation_prompt=True, tokenize=False)
+def thinking_kwargs(tokenizer, enable_thinking: bool = False) -> dict:
+    """`{"enable_thinking": ...}` for a chat template that branches on it (Qwen3), else `{}`: the switch is
+    always set explicitly where it exists (a template's own default would otherwise decide), and never
+    passed to a template that does not read it. Pass the result to TRL as `GRPOConfig(chat_template_kwargs=...)`."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates (default, tool_use, ...)
+        template = "\n".join(str(t) for t in template.values())
+    if isinstance(template, str) and "enable_thinking" in template:
+        return {"enable_thinking": bool(enable_thinking)}
+    global _WARNED_THINKING
+    if enable_thinking and not _WARNED_THINKING:
+        import warnings
+
+        _WARNED_THINKING = True
+        warnings.warn("--enable-thinking: this tokenizer's chat template has no thinking switch; ignored", stacklevel=2)
+    return {}
+
+
+_WARNED_THINKING = False
+
+
+def render_prompt(tokenizer, problem: Problem, hint: bool = True, enable_thinking: bool = False) -> str:
+    """The chat-templated prompt text, with the generation prompt. One function for training, evaluation
+    and `to_hf_rows`, so the thinking switch is the same everywhere."""
+    return tokenizer.apply_chat_template(build_messages(problem, hint), add_generation_prompt=True, tokenize=False,
+                                         **thinking_kwargs(tokenizer, enable_thinking))
