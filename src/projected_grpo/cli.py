@@ -26,6 +26,12 @@ import tyro
 
 from .config import PRESETS, ConfigError, parse_args as _cli, parse_config  # noqa: F401 (re-exported)
 
+
+def _computed(metavar: str | None = None, aliases: tuple[str, ...] | None = None):
+    """A flag whose `None` default means "computed" and whose docstring says how: no second "(default: None)"."""
+    return tyro.conf.arg(help_behavior_hint="", metavar=metavar, aliases=aliases)
+
+
 def cmd_train(argv: list[str]) -> int:
     cfg = parse_config(argv).validate()
     from .train import train
@@ -41,10 +47,11 @@ class DemoArgs:
     out: str = "runs/demo"
     """Folder for the three run directories, the table and the plot."""
     seed: int = 0
-    steps: int | None = None
-    """Override the preset's number of steps."""
-    model: str | None = None
-    """Override the model (e.g. Qwen/Qwen3-4B with a hub)."""
+    """Seed of all three arms (the same for each, so the deltas are paired)."""
+    steps: Annotated[int | None, _computed("N")] = None
+    """Optimizer steps per arm (default: the demo preset's 8)."""
+    model: Annotated[str | None, _computed("NAME")] = None
+    """Model instead of the preset's smollm2, e.g. Qwen/Qwen3-4B with a hub."""
     resume: bool = True
     """Skip finished arms and resume killed ones."""
     amp: bool = True
@@ -79,7 +86,9 @@ class CheckArgs:
     template exploits its own grader and no other, the clean template is never exploited."""
 
     dataset: str = "builtin"
+    """`builtin`, `humaneval`, `leetcode:PATH.jsonl` or `hf:NAME`."""
     workers: int = 0
+    """Grader processes; 0 = one per CPU core."""
     max_problems: int | None = None
     """Check at most this many problems (after the seeded shuffle; per split for synth); None = all."""
 
@@ -96,11 +105,13 @@ class GradeArgs:
     """Grade a JSONL of {"problem_id", "mode", "completion"}; each output line is the input plus every grade."""
 
     in_: Annotated[str, tyro.conf.arg(name="in")]
-    """Input JSONL."""
+    """Input JSONL, one {"problem_id", "mode", "completion"} object a line."""
     dataset: str = "builtin"
-    out: str | None = None
+    """Dataset the problem ids refer to: `builtin`, `humaneval`, `leetcode:PATH.jsonl` or `hf:NAME`."""
+    out: Annotated[str | None, _computed("FILE")] = None
     """Output JSONL (default: stdout)."""
     workers: int = 0
+    """Grader processes; 0 = one per CPU core."""
 
 
 def cmd_grade(argv: list[str]) -> int:
@@ -114,11 +125,14 @@ def cmd_grade(argv: list[str]) -> int:
 class ResultsArgs:
     """Per-run, grouped and paired-vs-vanilla tables from run directories (or folders of them)."""
 
-    run_dirs: tyro.conf.Positional[list[str]]
+    run_dirs: Annotated[tyro.conf.Positional[list[str]], _computed("RUN_DIR [RUN_DIR ...]")]
+    """Run directories, or folders searched for them."""
     last: int = 5
-    """Average the last N steps."""
+    """Training rates average each run's last N steps (fewer where a run has fewer)."""
     format: Literal["md", "csv", "json"] = "md"
-    out: str | None = None
+    """Output format: markdown tables, CSV sections or one JSON document."""
+    out: Annotated[str | None, _computed("FILE")] = None
+    """Write the tables to FILE (default: stdout)."""
     matched_threshold: float = 0.10
     """|Δsolve| at or below this counts as matched solve."""
     include_incomplete: bool = False
@@ -137,10 +151,14 @@ def cmd_results(argv: list[str]) -> int:
 class PlotArgs:
     """Training dynamics per arm (mean and band across seeds)."""
 
-    run_dirs: tyro.conf.Positional[list[str]]
+    run_dirs: Annotated[tyro.conf.Positional[list[str]], _computed("RUN_DIR [RUN_DIR ...]")]
+    """Run directories, or folders searched for them."""
     out: str = "dynamics.png"
+    """Image file (PNG; .pdf and .svg work too)."""
     band: Literal["se", "minmax"] = "se"
+    """Band around the mean over seeds: ± standard error, or min to max."""
     smooth: int = 1
+    """Trailing mean over this many steps on the training panels (1 = raw)."""
 
 
 def cmd_plot(argv: list[str]) -> int:
@@ -155,7 +173,9 @@ class ExportArgs:
     """Merge δS (δS_hack ablated) into the base weights and save a plain transformers model."""
 
     run_dir: tyro.conf.Positional[str]
+    """A finished run directory (with ckpt/knobs.safetensors)."""
     out: str = "export"
+    """Folder for the transformers model (config, safetensors, tokenizer)."""
 
 
 def cmd_export(argv: list[str]) -> int:
@@ -192,33 +212,33 @@ class SweepArgs:
     """Arms × vhack sources × seeds × any config grid, one `train` run dir each under --out; skips finished
     runs and resumes killed ones; ends with results.md and dynamics.png. Flags win over --file's keys."""
 
-    file: str | None = None
+    file: Annotated[str | None, _computed("FILE")] = None
     """TOML grid (keys: preset arms sources seeds out backend workers..., tables [overrides] and [grid])."""
-    out: str | None = None
+    out: Annotated[str | None, _computed("DIR")] = None
     """Sweep folder (default runs/sweep-<plan hash>)."""
-    preset: str | None = None
-    """Preset every run starts from (default smoke)."""
-    arms: tuple[str, ...] | None = None
-    """Interventions (default: none erase route)."""
-    sources: tuple[str, ...] | None = None
+    preset: Annotated[str | None, _computed("NAME")] = None
+    """Preset every run starts from: smoke demo fast full (default smoke; `train --help` says what each is)."""
+    arms: Annotated[tuple[str, ...] | None, _computed("ARM [ARM ...]", ("--intervention",))] = None
+    """Interventions none erase route, space- or comma-separated (default: all three)."""
+    sources: Annotated[tuple[str, ...] | None, _computed("SOURCE [SOURCE ...]", ("--vhack-source",))] = None
     """vhack sources: real and/or the controls random shuffled nonhack (default real)."""
-    seeds: tuple[int, ...] | None = None
-    """Seeds (default 0)."""
+    seeds: Annotated[tuple[int, ...] | None, _computed("N [N ...]", ("--seed",))] = None
+    """Seeds, space- or comma-separated (default 0)."""
     set: tyro.conf.UseAppendAction[list[str]] = dataclasses.field(default_factory=list)
-    """FIELD=VALUE for every run, e.g. --set steps=30 --set modes=run_tests,sentinel (repeatable)."""
+    """FIELD=VALUE for every run, e.g. --set steps=30 --set modes=run_tests,sentinel."""
     grid: tyro.conf.UseAppendAction[list[str]] = dataclasses.field(default_factory=list)
-    """FIELD=V1,V2 swept over, e.g. --grid lr=1e-3,3e-3 (repeatable; tuple fields separate values with ;)."""
-    backend: Literal["local", "ray"] | None = None
+    """FIELD=V1,V2 swept over, e.g. --grid lr=1e-3,3e-3 (tuple fields separate values with ;)."""
+    backend: Annotated[Literal["local", "ray"] | None, _computed("{local,ray}")] = None
     """`local` (subprocess pool, default) or `ray` (tasks on a local instance or --address)."""
-    workers: int | None = None
+    workers: Annotated[int | None, _computed("N")] = None
     """Runs at once (default: one per GPU, else cores // 2)."""
-    sandbox_workers: int | None = None
+    sandbox_workers: Annotated[int | None, _computed("N")] = None
     """Grader processes per run (default: cores // workers - 1, at least 1)."""
-    address: str | None = None
+    address: Annotated[str | None, _computed("ADDR")] = None
     """Ray cluster to join (e.g. `auto` or `ray://head:10001`); default: start a local instance."""
-    cpus_per_run: float | None = None
+    cpus_per_run: Annotated[float | None, _computed("N")] = None
     """Ray CPU request per run (default: cores // workers)."""
-    gpus_per_run: float | None = None
+    gpus_per_run: Annotated[float | None, _computed("N")] = None
     """Ray GPU request per run (default: 1 when the cluster has GPUs, else 0)."""
     dry_run: bool = False
     """Write sweep.json and print the plan without running anything."""
@@ -235,28 +255,32 @@ class StudyArgs:
     """The five questions of the study (headline, controls, no_teacher, lomo, update) as runs shared where
     configs are equal, then <out>/study.md with one table and computed readings per question (docs/STUDY.md)."""
 
-    preset: str
-    """Preset every run starts from."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Seeds of every config (n >= 3 for the readings; fewer is allowed and flagged in the report)."""
-    out: str | None = None
+    preset: Annotated[str, tyro.conf.arg(metavar="NAME")]
+    """Preset every run starts from: smoke demo fast full (`train --help` says what each is)."""
+    seeds: Annotated[tuple[int, ...], tyro.conf.arg(metavar="N [N ...]", aliases=("--seed",))] = (0, 1, 2)
+    """Seeds of every config, space- or comma-separated (n >= 3 for the readings; fewer is flagged in the report)."""
+    out: Annotated[str | None, _computed("DIR")] = None
     """Study folder (default runs/study-<preset>); runs go to <out>/runs/."""
     set: tyro.conf.UseAppendAction[list[str]] = dataclasses.field(default_factory=list)
-    """FIELD=VALUE for every run, e.g. --set steps=30 --set modes=run_tests,sentinel (repeatable)."""
-    only: tuple[str, ...] = ("headline", "controls", "no_teacher", "lomo", "update")
+    """FIELD=VALUE for every run, e.g. --set steps=30 --set modes=run_tests,sentinel."""
+    only: Annotated[tuple[str, ...], tyro.conf.arg(metavar="QUESTION [QUESTION ...]")] = (
+        "headline", "controls", "no_teacher", "lomo", "update")
     """Questions to run and report (space- or comma-separated)."""
-    holdout: tuple[str, ...] | None = None
+    holdout: Annotated[tuple[str, ...] | None, _computed("MODE [MODE ...]")] = None
     """Leave-one-mode-out: the modes to hold out (default: every mode of the config)."""
     backend: Literal["local", "ray"] = "local"
-    workers: int | None = None
+    """`local` (subprocess pool) or `ray` (tasks on a local instance or --address)."""
+    workers: Annotated[int | None, _computed("N")] = None
     """Runs at once (default: one per GPU, else cores // 2)."""
-    sandbox_workers: int | None = None
+    sandbox_workers: Annotated[int | None, _computed("N")] = None
     """Grader processes per run (default: cores // workers - 1, at least 1)."""
-    address: str | None = None
+    address: Annotated[str | None, _computed("ADDR")] = None
     """Ray cluster to join; default: a local instance."""
-    cpus_per_run: float | None = None
-    gpus_per_run: float | None = None
-    last: int | None = None
+    cpus_per_run: Annotated[float | None, _computed("N")] = None
+    """Ray CPU request per run (default: cores // workers)."""
+    gpus_per_run: Annotated[float | None, _computed("N")] = None
+    """Ray GPU request per run (default: 1 when the cluster has GPUs, else 0)."""
+    last: Annotated[int | None, _computed("N")] = None
     """Training numbers average the last N steps (default: the config's summary_last_n)."""
     threshold: float = 0.10
     """Matched solve: |mean Δsolve| at or below this."""

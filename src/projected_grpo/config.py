@@ -38,19 +38,15 @@ class Config:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype; `auto` = bfloat16 on CUDA, float32 on CPU."""
     amp: bool = False
-    """Mixed precision on fp32 weights: forward passes under bf16 autocast (knobs, gradients and optimizer
-    stay fp32) and rollouts from a bf16 copy of the merged model, made per rollout. On a CPU with AVX512-BF16
-    a demo step's forward/backward is ~2.4x and generation ~2x faster (docs/PERF.md); rollouts then sample a
-    bf16-rounded policy. With `--dtype auto` the weights are fp32 on every device. For a large model on a GPU
-    prefer `--dtype bfloat16` without --amp (no per-rollout copy)."""
+    """bf16 autocast on fp32 weights, rollouts from a bf16 copy: ~2x faster on a CPU with AVX512-BF16 (PERF.md)."""
+    # knobs, gradients and AdamW stay fp32; on a GPU prefer --dtype bfloat16 without --amp (no per-rollout copy)
     device: str = "auto"
     """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`..."""
     enable_thinking: bool = False
     """Thinking switch of chat templates that have one (Qwen3), set explicitly: off by default; the same in
     training, evaluation and the TRL reward rows. Templates without a switch ignore it."""
     dataset: str = "builtin"
-    """`builtin`, `humaneval`, `synth`, `synth:SEED` (generated, with a held-out split: env/synth.py),
-    `leetcode:PATH.jsonl` or `hf:NAME_OR_PATH[:split]` (needs `datasets`)."""
+    """`builtin`, `humaneval`, `synth[:SEED]` (held-out split: env/synth.py), `leetcode:PATH.jsonl`, `hf:NAME[:split]`."""
     modes: tuple[str, ...] = LOOPHOLE_MODES
     """Loophole modes partitioned evenly over the training problems."""
     force_mode: str | None = None
@@ -62,7 +58,7 @@ class Config:
 
     # --- GRPO
     steps: int = 4
-    """Optimizer steps."""
+    """Optimizer steps: the run's length (each step samples prompts_per_step x group completions)."""
     prompts_per_step: int = 2
     """Problems sampled per step."""
     group: int = 4
@@ -72,7 +68,9 @@ class Config:
     max_new_tokens: int = 64
     """Token budget per student completion; completions that hit it are flagged truncated."""
     temperature: float = 1.0
+    """Sampling temperature of student rollouts (>= 0; evaluation is always greedy)."""
     top_p: float = 1.0
+    """Nucleus sampling mass of student rollouts, in (0, 1]; 1 = off."""
     advantage: Literal["center", "std"] = "center"
     """`center`: R - mean(R) (Dr.GRPO); `std`: (R - mean) / (std + eps)."""
     loss_norm: Literal["fixed", "token_mean"] = "fixed"
@@ -84,8 +82,7 @@ class Config:
     grad_checkpointing: bool = False
     """Recompute decoder activations in backward (memory for time; needed for 4B x 1024 tokens)."""
     micro_batch: int = 16
-    """Rows per forward/backward chunk, like lengths together (gradients accumulate; results do not depend on
-    it beyond float rounding). On a CPU small chunks are much faster (docs/PERF.md)."""
+    """Rows per forward/backward chunk (gradients accumulate: equal results up to rounding); small is fast on CPU."""
     format_bonus: float = 0.1
     """Reward for a fenced python block."""
     pass_reward: float = 1.0
@@ -93,8 +90,11 @@ class Config:
 
     # --- optimizer
     lr: float = 5e-3
+    """AdamW peak learning rate of the knobs (cosine decay to 0 over the run)."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay of the knobs (0 = none)."""
     warmup_steps: int = 0
+    """Optimizer steps of linear warm-up before the cosine decay."""
     grad_clip: float = 1.0
     """One clip over δS and δS_hack together; <= 0 disables."""
 
@@ -124,7 +124,9 @@ class Config:
     vhack_refresh_every: int = 0
     """Re-extract V against the current model every N steps (0 = never)."""
     gate: Gate = "one_sided"
+    """Part of c = Vg removed: `one_sided` relu(c) (hack-ward), `no_gate` all of c, `reverse` -relu(-c) (control)."""
     overshoot: float = 1.0
+    """Multiplier on the removed part (1 = exact projection; > 1 pushes past the subspace boundary)."""
     preserve_magnitude: bool = False
     """Rescale the projected gradient to the original norm."""
     project_update: bool = False
@@ -146,6 +148,7 @@ class Config:
     sandbox_workers: int = 0
     """Grader processes; 0 = one per CPU core."""
     sandbox_timeout_s: float = 5.0
+    """Wall-clock limit per graded completion, in seconds (a timeout counts as a failure)."""
     rollout_backend: Literal["hf", "fast"] = "hf"
     """`hf`: stock generate (reference); `fast`: static KV cache + CUDA graphs (fastgen.py)."""
     rollout_compile: bool = True
@@ -155,16 +158,19 @@ class Config:
     summary_last_n: int = 5
     """Steps averaged for the end-of-run summary."""
     tracker: Literal["none", "tensorboard", "wandb"] = "none"
+    """Also log each metrics row to TensorBoard (in the run dir) or Weights & Biases (metrics.jsonl always)."""
 
     # --- run bookkeeping (excluded from the config hash)
     seed: int = 0
+    """Seed of sampling, teacher draws and control bases (the problem split is fixed across seeds)."""
     run_dir: str | None = None
-    """Run directory; default runs/<arm>-s<seed>-<hash> (arm carries the basis for controls: erase-random)."""
+    """Run directory (unset: runs/<arm>-s<seed>-<hash>; the arm carries the basis of controls: erase-random)."""
     resume: bool = False
     """Continue a killed run from its run directory's checkpoint."""
     force: bool = False
     """Resume even when the saved config differs."""
     preset: str = "smoke"
+    """Starting point (smoke demo fast full; see the top of --help); every other flag overrides it."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -269,6 +275,19 @@ def config_from_dict(d: dict) -> Config:
 
 BASE = Config()
 
+# What each preset is for and what to expect from it: `train --help`, the README's table, tests check they agree.
+PRESET_HELP: dict[str, str] = {
+    "smoke": "plumbing test: a random-weight tiny model on the 13 builtin problems, 4 steps, under a minute on a "
+             "CPU; it cannot learn, so every student and evaluation rate is 0 and study readings are n/a",
+    "demo": "the method on a CPU: SmolLM2-135M on HumanEval, 8 steps, a few minutes an arm; vanilla's held-out "
+            "greedy hack rate rises from 0 to ~0.44, route's deployed model (δS_hack ablated) stays near 0, "
+            "solve is 0 everywhere (README)",
+    "fast": "a real model on one GPU: Qwen3-4B on HumanEval, 60 steps of 4 prompts x 8, evaluation every 10 "
+            "steps on 32 problems; no reference numbers yet",
+    "full": "the full experiment: Qwen3-4B, 200 steps of 43 prompts x 6, KL beta 1e-3, for several GPUs "
+            "(torchrun); no reference numbers yet",
+}
+
 PRESETS: dict[str, Config] = {
     # tiny random model, builtin problems, CPU: the first test of every change (seconds).
     "smoke": dataclasses.replace(BASE, preset="smoke"),
@@ -305,6 +324,8 @@ def parse_args(cls, **kwargs):
 
     import tyro
 
+    if "args" in kwargs:
+        kwargs["args"] = split_list_commas(cls, kwargs["args"])
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -315,6 +336,49 @@ def parse_args(cls, **kwargs):
         text = re.sub(r"[╭╮╰╯│─]+", " ", err.getvalue())
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "full helptext" not in ln]
         raise ConfigError(" ".join(lines[1:] if len(lines) > 1 else lines) or "bad arguments") from None
+
+
+def _list_flags(cls) -> set[str]:
+    """`--flag` spellings (aliases included) of the list/tuple fields of dataclass ``cls``; repeatable
+    FIELD=VALUE flags (`--set`, `--grid`, UseAppendAction) are not lists of values and are left out."""
+    import typing
+
+    import tyro
+
+    flags = set()
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls, include_extras=True)[f.name]
+        meta = getattr(hint, "__metadata__", ())
+        if any(m is tyro.conf.UseAppendAction or "UseAppendAction" in repr(m) for m in meta):
+            continue
+        if not re.search(r"\b(tuple|list)\[", str(hint)):
+            continue
+        flags.add("--" + f.name.replace("_", "-"))
+        for m in meta:
+            flags.update(getattr(m, "aliases", None) or ())
+    return flags
+
+
+def split_list_commas(cls, argv: list[str]) -> list[str]:
+    """One list syntax for every list flag: `--seeds 0,1`, `--seeds 0 1` and `--seeds=0,1` all mean (0, 1)."""
+    lists, out, in_list = _list_flags(cls), [], False
+    for a in argv:
+        if a.startswith("-") and not re.fullmatch(r"-[\d.][\d.,e+-]*", a):  # a negative number is a value
+            name, eq, val = a.partition("=")
+            in_list = name in lists
+            if in_list and eq:
+                out += [name, *(v for v in val.split(",") if v)]
+                continue
+            out.append(a)
+        elif in_list and "," in a:
+            out += [v for v in a.split(",") if v]
+        else:
+            out.append(a)
+    return out
+
+
+_SWEEP_ONLY = {"--arms": "--intervention ARM", "--interventions": "--intervention ARM", "--seeds": "--seed N",
+               "--sources": "--vhack-source SOURCE"}
 
 
 def parse_config(argv: list[str], prog: str = "projected-grpo train") -> Config:
@@ -334,7 +398,18 @@ def parse_config(argv: list[str], prog: str = "projected-grpo train") -> Config:
             break
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    for a in rest:  # sweep's and study's plural axes: one train run takes one value
+        single = _SWEEP_ONLY.get(a.split("=", 1)[0])
+        if single:
+            raise ConfigError(f"{a.split('=', 1)[0]} is sweep's (several runs); one train run takes {single}")
     base = PRESETS[preset]
-    cfg = parse_args(Config, default=base, args=rest, prog=prog,
-                   description=f"Train one GRPO run (preset {preset}; --preset NAME picks another: {sorted(PRESETS)}).")
+    cfg = parse_args(Config, default=base, args=rest, prog=prog, description=train_description(preset))
     return dataclasses.replace(cfg, preset=preset)
+
+
+def train_description(preset: str) -> str:
+    """`train --help`'s header: the defaults shown are preset ``preset``'s; what every preset is for."""
+    lines = [f"Train one GRPO run. Defaults below are preset `{preset}`'s; --preset NAME picks another, "
+             "and every flag overrides it. Presets:"]
+    lines += [f"  {name:6s} {PRESET_HELP[name]}" for name in PRESETS]
+    return "\n".join(lines)
