@@ -86,7 +86,7 @@ class CheckArgs:
     template exploits its own grader and no other, the clean template is never exploited."""
 
     dataset: str = "builtin"
-    """`builtin`, `humaneval`, `leetcode:PATH.jsonl` or `hf:NAME`."""
+    """`builtin`, `humaneval`, `synth[:SEED]`, `leetcode:PATH.jsonl` or `hf:NAME`."""
     workers: int = 0
     """Grader processes; 0 = one per CPU core."""
     max_problems: int | None = None
