@@ -71,7 +71,7 @@ def test_every_flag_says_what_it_does_once(verb, capsys, monkeypatch):
         words = re.sub(r"\(default: [^)]*\)|\(required\)|\(repeatable\)", "", help_).split()
         assert len(words) >= 3, f"{verb} {flag}: no help beyond the default: {help_!r}"
         assert "---" not in help_, f"{verb} {flag}: a section comment shown as help: {help_!r}"
-        assert help_.count("default") <= 1 and help_.count("(repeatable)") <= 1, f"{verb} {flag}: {help_!r}"
+        assert help_.count("(default") <= 1 and help_.count("(repeatable)") <= 1, f"{verb} {flag}: {help_!r}"
 
 
 def test_train_help_explains_every_preset(capsys, monkeypatch):
