@@ -48,14 +48,25 @@ def test_grade_file_with_malformed_lines(tmp_path):
         json.dumps({"problem_id": p.id, "completion": clean_completion(p)}),
     ]
     fin, fout = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    fin.write_text("\n".join(lines) + "\n")
-    assert grade("builtin", str(fin), str(fout), workers=2) == 0
+    huge = json.dumps({"problem_id": p.id, "mode": "sentinel", "completion": "x" * (2 << 20)})
+    fin.write_bytes(("\n".join(lines) + "\n").encode() + b'{"problem_id": "\xff\xfe"}\n' + huge.encode() + b"\n"
+                    + lines[0].encode())  # the last line has no newline
+    # some lines failed: exit 1 (issue 23), every good line still graded
+    assert grade("builtin", str(fin), str(fout), workers=2) == 1
     out = [json.loads(x) for x in fout.read_text().splitlines()]
-    assert len(out) == len(lines)
+    assert len(out) == len(lines) + 3
     assert out[0]["gt_correct"] and out[0]["passed"] and not out[0]["exploited"] and out[0]["problem_id"] == p.id
     assert "malformed" in out[1]["error"]
     assert out[2]["exploited"] and out[2]["extra"] == 7 and out[2]["mechanism"] == "sentinel"
     assert "unknown problem_id" in out[3]["error"] and "unknown mode" in out[4]["error"]
     assert "malformed" in out[5]["error"]
-    assert out[6]["mechanism"] == p.mode and out[6]["gt_correct"]
+    assert "no mode" in out[6]["error"] and "--mode" in out[6]["error"]  # refused without --mode (issue 23)
+    assert out[7] == {"line": 8, "error": "not UTF-8 (byte 0xff at offset 16)"}
+    assert out[8]["line"] == 9 and "longer than" in out[8]["error"] and "completion" not in out[8]
+    assert out[9]["gt_correct"] and out[9]["problem_id"] == p.id
+    # --mode grades the lines without a mode; a file of good lines exits 0
+    fin.write_text(lines[0] + "\n" + lines[6] + "\n")
+    assert grade("builtin", str(fin), str(fout), workers=2, mode=p.mode) == 0
+    out = [json.loads(x) for x in fout.read_text().splitlines()]
+    assert out[0]["mechanism"] == "sentinel" and out[1]["mechanism"] == p.mode and out[1]["gt_correct"]
     assert grade("builtin", str(tmp_path / "absent.jsonl"), None) == 2

@@ -31,10 +31,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .errors import UserError
 from .models import cache_dir
 
 
-class AdapterError(RuntimeError):
+class AdapterError(UserError, RuntimeError):
     """A knob file that does not fit this model (different base, modules or ranks)."""
 
 

@@ -54,6 +54,8 @@ class DemoArgs:
     """Model instead of the preset's smollm2, e.g. Qwen/Qwen3-4B with a hub."""
     resume: bool = True
     """Skip finished arms and resume killed ones."""
+    force: bool = False
+    """Resume arms whose saved config differs from this one (as `train --force`)."""
     amp: bool = True
     """bf16 autocast on the fp32 model, as the preset (--no-amp: fp32 throughout, for a CPU without native bf16)."""
 
@@ -69,7 +71,7 @@ def cmd_demo(argv: list[str]) -> int:
     for arm in ("none", "erase", "route"):
         # every arm starts from the same model, so the untrained model is evaluated once (vanilla's step 0)
         cfg = dataclasses.replace(base, intervention=arm, seed=args.seed, run_dir=f"{args.out}/{arm}",
-                                  resume=args.resume and Path(args.out, arm, "config.json").exists(),
+                                  resume=args.resume and Path(args.out, arm, "config.json").exists(), force=args.force,
                                   eval_at_start=base.eval_at_start and arm == "none", **over)
         runs.append(str(train(cfg)))
     table = Path(args.out) / "results.md"
@@ -110,6 +112,8 @@ class GradeArgs:
     """Dataset the problem ids refer to: `builtin`, `humaneval`, `leetcode:PATH.jsonl` or `hf:NAME`."""
     out: Annotated[str | None, _computed("FILE")] = None
     """Output JSONL (default: stdout)."""
+    mode: str | None = None
+    """Loophole mode for lines without a "mode" (without --mode such lines are refused)."""
     workers: int = 0
     """Grader processes; 0 = one per CPU core."""
 
@@ -118,7 +122,7 @@ def cmd_grade(argv: list[str]) -> int:
     from .env.commands import grade
 
     a = _cli(GradeArgs, args=argv, prog="projected-grpo grade")
-    return grade(a.dataset, a.in_, a.out, workers=a.workers)
+    return grade(a.dataset, a.in_, a.out, workers=a.workers, mode=a.mode)
 
 
 @dataclass
@@ -185,7 +189,7 @@ def cmd_export(argv: list[str]) -> int:
 
     from .adapter import SVDAdapter
     from .config import config_from_dict
-    from .models import load_model
+    from .models import check_model, load_model
     from .train import resolve_device
 
     a = _cli(ExportArgs, args=argv, prog="projected-grpo export")
@@ -193,12 +197,21 @@ def cmd_export(argv: list[str]) -> int:
     knobs = run / "ckpt" / "knobs.safetensors"
     if not (run / "config.json").exists() or not knobs.exists():
         raise ConfigError(f"{run} is not a run directory with a checkpoint (need config.json and ckpt/knobs.safetensors)")
-    cfg = config_from_dict(json.loads((run / "config.json").read_text())["config"])
+    try:
+        cfg = config_from_dict(json.loads((run / "config.json").read_text())["config"])
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError, a missing "config", wrong field types
+        raise ConfigError(f"{run / 'config.json'} is not a readable run config ({type(e).__name__}: "
+                          f"{str(e)[:120]}); export a run directory written by `train`") from None
     device, dtype = resolve_device(cfg)
     from safetensors import safe_open
 
-    with safe_open(str(knobs), "pt") as f:  # rebuild the base in the dtype the knobs were trained on
-        dtype = getattr(torch, (f.metadata() or {}).get("dtype", str(dtype).removeprefix("torch.")))
+    try:  # rebuild the base in the dtype the knobs were trained on
+        with safe_open(str(knobs), "pt") as f:
+            dtype = getattr(torch, (f.metadata() or {}).get("dtype", str(dtype).removeprefix("torch.")))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a truncated or foreign file
+        raise ConfigError(f"{knobs} is not a readable knob file ({type(e).__name__}); the checkpoint is corrupt, "
+                          f"resume the run to rewrite it") from None
+    check_model(cfg.model)
     model, tok = load_model(cfg.model, dtype, device)
     adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)
     adapter.load(knobs)
@@ -308,17 +321,21 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in COMMANDS:
         print(f"error: unknown command {verb!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from .adapter import AdapterError
-    from .models import ModelLoadError
+    from .errors import UserError
 
     try:
         return COMMANDS[verb](rest) or 0
-    except (ConfigError, ModelLoadError, AdapterError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:  # ConfigError, ModelLoadError, AdapterError, ReportError, TrackerError, FastGenError...
+        print(f"error: {e.one_line()}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except OSError as e:  # a path the user gave that cannot be read or written
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into one by the trainer (train.Interrupted)
+        signum = getattr(e, "signum", 2)
+        print("interrupted" + ("; the last checkpoint is intact: resume with --resume" if verb in ("train", "demo")
+                               else ""), file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

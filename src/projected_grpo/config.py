@@ -7,12 +7,17 @@ overrides it. Derived values (teacher count per group, device) are computed, not
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass
 from typing import Literal
+
+from .errors import UserError
 
 Intervention = Literal["none", "erase", "route"]
 VhackSource = Literal["real", "random", "shuffled", "nonhack"]
@@ -26,7 +31,7 @@ DEFAULT_TARGETS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration value; the CLI prints it as one line and exits 2."""
 
 
@@ -231,6 +236,22 @@ class Config:
             bad(f"--teacher-kinds must be a non-empty subset of hack clean wrong rollout, got {list(self.teacher_kinds)}")
         if not self.modes:
             bad("--modes needs at least one loophole mode")
+        if self.max_problems is not None and self.max_problems <= 0:
+            bad(f"--max-problems must be positive (or left out for all problems), got {self.max_problems}")
+        trained = (self.force_mode,) if self.force_mode else self.modes
+        if self.vhack_known_modes is not None:
+            if not set(self.vhack_known_modes) & set(trained):
+                bad(f"--vhack-known-modes {list(self.vhack_known_modes)} shares no mode with the trained modes "
+                    f"{list(trained)}: no (hack, clean) pair could be made; pick known modes among --modes")
+            if extra := [m for m in self.vhack_known_modes if m not in trained]:
+                bad(f"--vhack-known-modes {extra} are not trained (--modes {list(trained)}); drop them or add them to --modes")
+        if self.teacher_per_group > 0 and self.teacher_pool is None and not set(self.teacher_kinds) & {"clean", "wrong"}:
+            # a template pool holds hacks of known modes only, clean and wrong attempts, never rollouts
+            unknown = [m for m in trained if self.vhack_known_modes is not None and m not in self.vhack_known_modes]
+            if "hack" not in self.teacher_kinds or unknown:
+                bad(f"the teacher pool built from templates has no completion of kind(s) {list(self.teacher_kinds)} for "
+                    f"the problems of mode(s) {unknown or list(trained)}; add a kind to --teacher-kinds (e.g. wrong), "
+                    f"give --teacher-pool FILE or set --mix-ratio 0")
         if self.teacher_per_group > 0 and self.teacher_per_problem <= 0 and self.teacher_pool is None:
             bad("mix_ratio > 0 needs a teacher pool: set --teacher-per-problem > 0 or --teacher-pool FILE")
         return self
@@ -247,9 +268,27 @@ class Config:
         """Identity minus arm, basis and seed: runs with equal match_hash are comparable."""
         return _digest(self._identity(), exclude=_BOOKKEEPING | {"intervention", "vhack_source", "seed"})
 
+    def resolved_dtype(self) -> str:
+        """The weights' dtype ``dtype=auto`` stands for here: bfloat16 on CUDA (unless --amp), else float32
+        (mirrors train.resolve_device; device=auto looks for CUDA on this machine)."""
+        if self.dtype != "auto":
+            return self.dtype
+        if self.amp or self.device in ("cpu", "mps"):
+            return "float32"
+        if self.device.startswith("cuda"):
+            return "bfloat16"
+        import torch
+
+        return "bfloat16" if torch.cuda.is_available() else "float32"
+
     def _identity(self) -> dict:
         # fields added after runs existed enter the hash only when set, so older run names stay valid
-        return {k: v for k, v in self.to_dict().items() if not (k in _LATE_FIELDS and v == _LATE_FIELDS[k])}
+        d = {k: v for k, v in self.to_dict().items() if not (k in _LATE_FIELDS and v == _LATE_FIELDS[k])}
+        if self.dtype == "auto" and self.resolved_dtype() != "float32":
+            # a CPU fp32 run and a GPU bf16 run of one config are different runs; fp32 (every run on a CPU,
+            # all runs made before this) adds nothing, so those names and hashes stay as they were
+            d["auto_dtype"] = self.resolved_dtype()
+        return d
 
 
 _LATE_FIELDS = {"amp": False, "enable_thinking": False}  # field -> the value under which it is left out of the hash
@@ -265,12 +304,41 @@ def _digest(d: dict, exclude: set[str]) -> str:
 
 def config_from_dict(d: dict) -> Config:
     """Rebuild a Config from `to_dict` output (JSON lists → tuples); unknown keys are refused."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config must be a JSON object of fields, got {type(d).__name__}")
     names = {f.name: f for f in dataclasses.fields(Config)}
     unknown = set(d) - set(names)
     if unknown:
         raise ConfigError(f"unknown config keys {sorted(unknown)}")
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    for k, v in fixed.items():
+        if not _fits(v, _HINTS()[k]):
+            hint = _HINTS()[k]
+            raise ConfigError(f"config field {k!r} must be {getattr(hint, '__name__', str(hint))}, got {v!r}")
     return Config(**fixed)
+
+
+@functools.cache
+def _HINTS() -> dict:
+    return typing.get_type_hints(Config)
+
+
+def _fits(v, hint) -> bool:
+    """Whether a JSON value fits a Config field's type (int for float is fine, bool for int is not)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return v in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(v, a) for a in args)
+    if origin is tuple:
+        return isinstance(v, tuple) and all(_fits(x, args[0]) for x in v)
+    if hint is type(None):
+        return v is None
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, hint) if isinstance(hint, type) else True
 
 
 BASE = Config()
@@ -404,7 +472,7 @@ def parse_config(argv: list[str], prog: str = "projected-grpo train") -> Config:
             raise ConfigError(f"{a.split('=', 1)[0]} is sweep's (several runs); one train run takes {single}")
     base = PRESETS[preset]
     cfg = parse_args(Config, default=base, args=rest, prog=prog, description=train_description(preset))
-    return dataclasses.replace(cfg, preset=preset)
+    return expand_user(dataclasses.replace(cfg, preset=preset))
 
 
 def train_description(preset: str) -> str:
@@ -413,3 +481,18 @@ def train_description(preset: str) -> str:
              "and every flag overrides it. Presets:"]
     lines += [f"  {name:6s} {PRESET_HELP[name]}" for name in PRESETS]
     return "\n".join(lines)
+
+
+def expand_user(cfg: Config) -> Config:
+    """``~`` expanded in every path field, once, so each check and each loader sees the same path (a shell
+    leaves ``--run-dir=~/x`` and ``leetcode:~/x`` alone). Paths with ``~`` never loaded before, so no
+    existing run's hash changes."""
+    import os
+
+    def ex(v: str | None) -> str | None:
+        return os.path.expanduser(v) if v and v.startswith("~") else v
+
+    ds = cfg.dataset
+    if ds.startswith("leetcode:"):
+        ds = "leetcode:" + ex(ds.removeprefix("leetcode:"))
+    return dataclasses.replace(cfg, model=ex(cfg.model), dataset=ds, teacher_pool=ex(cfg.teacher_pool), run_dir=ex(cfg.run_dir))

@@ -29,13 +29,14 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
 from .rollout import Rollouts
 from .sampling import _MASK31, _mix, top_p_mask
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
 
-class FastGenError(RuntimeError):
+class FastGenError(UserError, RuntimeError):
     """A model this backend cannot run (architecture, activation, live adapter knobs)."""
 
 
@@ -84,15 +85,21 @@ class Spec:
     extra: dict = field(default_factory=dict)
 
 
-def model_spec(model) -> Spec:
-    cfg = model.config
+def check_architecture(cfg) -> None:
+    """Refuse (FastGenError) an HF config this backend cannot run; needs no weights (checked before loading)."""
     mt = getattr(cfg, "model_type", "")
     if mt not in SUPPORTED:
-        raise FastGenError(f"fast backend supports {SUPPORTED}, not model_type {mt!r}; use rollout_backend=hf")
+        raise FastGenError(f"--rollout-backend fast supports model types {list(SUPPORTED)}, not {mt!r}; "
+                           f"use --rollout-backend hf")
     if getattr(cfg, "hidden_act", "silu") != "silu":
-        raise FastGenError(f"fast backend supports silu MLPs, not {cfg.hidden_act!r}")
+        raise FastGenError(f"--rollout-backend fast supports silu MLPs, not {cfg.hidden_act!r}; use --rollout-backend hf")
     if getattr(cfg, "use_sliding_window", False) or (mt == "mistral" and getattr(cfg, "sliding_window", None)):
-        raise FastGenError("fast backend has no sliding-window attention; use rollout_backend=hf")
+        raise FastGenError("--rollout-backend fast has no sliding-window attention; use --rollout-backend hf")
+
+
+def model_spec(model) -> Spec:
+    cfg = model.config
+    check_architecture(cfg)
     dec = model.model
     layers = []
     for lyr in dec.layers:

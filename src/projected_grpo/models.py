@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 ASSETS = Path(__file__).parent / "assets"
 EMBEDDED_ALIASES = ("smollm2", "embedded")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,7 +34,7 @@ _CHATML = (
 )
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model name that cannot be loaded here, with the reason in one line."""
 
 
@@ -135,6 +137,51 @@ def _clear_quantization(model) -> None:
     model.is_quantized = False
 
 
+def model_path(name: str) -> str:
+    """What ``from_pretrained`` gets for ``name``: the embedded model's cache folder, a local folder with
+    ``~`` expanded (the same path the check and the loader see), or the hub id unchanged."""
+    if name in EMBEDDED_ALIASES:
+        return str(embedded_checkpoint())
+    if name.startswith(("/", "./", "../", "~")):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(f"--model {name}: no such folder (give a model folder or a hub id)")
+        return str(path)
+    return name
+
+
+def _check_tokenizer(name: str, tok) -> None:
+    if not getattr(tok, "chat_template", None):  # prompts go through apply_chat_template
+        raise ModelLoadError(f"--model {name}: its tokenizer has no chat template; use an instruct/chat model "
+                             f"or add a chat_template to its tokenizer_config.json")
+
+
+def check_model(name: str, rollout_backend: str = "hf") -> None:
+    """Everything about ``name`` that needs no weights, before the slow load: the folder or hub id resolves,
+    the tokenizer has a chat template, ``--rollout-backend fast`` supports the architecture."""
+    if name == "tiny":
+        from transformers import AutoConfig
+
+        hf_cfg = AutoConfig.for_model(**json.loads((ASSETS / "tiny" / "config.json").read_text()))
+    else:
+        from transformers import AutoConfig, AutoTokenizer
+
+        path = model_path(name)
+        try:
+            _check_tokenizer(name, AutoTokenizer.from_pretrained(path))
+            hf_cfg = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as e:  # no such hub id / folder, unknown model_type, bad json
+            raise ModelLoadError(f"cannot load model {name!r}: {_first_line(e)}") from None
+    if rollout_backend == "fast":
+        from .fastgen import check_architecture
+
+        check_architecture(hf_cfg)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Return ``(model, tokenizer)`` in eval mode with every parameter frozen."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -142,14 +189,13 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
     if name == "tiny":
         model, tok = tiny_model(dtype), tiny_tokenizer()
     else:
-        path = str(embedded_checkpoint()) if name in EMBEDDED_ALIASES else name
-        if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().is_dir():
-            raise ModelLoadError(f"--model {name}: no such folder")
+        path = model_path(name)
         try:
             tok = AutoTokenizer.from_pretrained(path)
+            _check_tokenizer(name, tok)  # before the weights: a model without a template cannot be prompted
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        except OSError as e:
-            raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from e
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"cannot load model {name!r}: {_first_line(e)}") from e
         _clear_quantization(model)
         model.name_or_path = name
     if tok.pad_token_id is None:

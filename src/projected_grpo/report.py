@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, NamedTuple, Sequence
 
+from .errors import UserError
+
 Fmt = Literal["md", "csv", "json"]
 TRAIN_KEYS = ("hack_s", "gt_s", "cin_s", "cin_t", "cout", "cout_update")
 EVAL_KEYS = ("hack_kept", "solve_kept", "hack_abl", "solve_abl")
 _ARM_ORDER = {"none": 0, "erase": 1, "route": 2}
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """Bad input to the report (not a run dir, malformed JSON...); the CLI prints it as one line."""
 
 

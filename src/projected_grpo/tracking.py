@@ -12,10 +12,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from .errors import UserError
+
 TrackerKind = Literal["none", "tensorboard", "wandb"]
 
 
-class TrackerError(RuntimeError):
+class TrackerError(UserError, RuntimeError):
     """Tracker unavailable or unknown; the CLI prints it as one line."""
 
 
@@ -84,6 +86,22 @@ class WandbTracker(Tracker):
 
     def close(self) -> None:
         self._run.finish()
+
+
+_NEEDS = {"tensorboard": ("tensorboard", "pip install 'projected-grpo[trackers]'"), "wandb": ("wandb", "pip install wandb")}
+
+
+def check_tracker(kind: str) -> None:
+    """TrackerError now, before any model loads, when ``kind`` is unknown or its package is not installed."""
+    import importlib.util
+
+    if kind == "none":
+        return
+    if kind not in _NEEDS:
+        raise TrackerError(f"unknown tracker {kind!r}; choose none, tensorboard or wandb")
+    package, fix = _NEEDS[kind]
+    if importlib.util.find_spec(package) is None:
+        raise TrackerError(f"--tracker {kind} needs the {package} package: {fix} (or use --tracker none)")
 
 
 def make_tracker(kind: TrackerKind, run_dir: str | Path, config: dict[str, Any]) -> Tracker:

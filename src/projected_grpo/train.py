@@ -36,6 +36,7 @@ from .env.problems import Problem, load_problems, render_prompt, split_problems
 from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs
 from .hack_subspace import HackBasis, extract_basis
 from .models import cache_dir, load_model
+from .preflight import preflight
 from .projection import Projector, UpdateProjector
 from .rollout import generate
 from .tracking import make_tracker
@@ -54,7 +55,12 @@ def resolve_device(cfg: Config) -> tuple[torch.device, torch.dtype]:
     dev = torch.device(ddp_dev) if ddp_dev else torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if cfg.device == "auto" else cfg.device))
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
+        raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {cfg.device}: MPS is not available on this machine (use --device cpu)")
     if cfg.dtype == "auto":  # --amp keeps fp32 weights on every device
         return dev, torch.bfloat16 if dev.type == "cuda" and not cfg.amp else torch.float32
     return dev, getattr(torch, cfg.dtype)
@@ -407,6 +413,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
     dist.init()
     quiet = quiet or not dist.is_main()
     device, dtype = resolve_device(cfg)
+    preflight(cfg)  # every check that needs no weights, before the run dir is written or a model loads
     error = None
     if dist.is_main():  # rank 0 creates (or checks) the run dir first; the others then read it
         try:

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from ..config import LOOPHOLE_MODES
 from . import problems as _problems
@@ -94,64 +95,106 @@ def check(dataset: str = "builtin", *, max_problems: int | None = None, workers:
     return 0
 
 
+MAX_LINE_BYTES = 1 << 20  # a longer input line is refused with an error record, never read whole
+
+
+def _read_lines(f, limit: int = MAX_LINE_BYTES):
+    """(line number, bytes) per line of a binary file; bytes is None for a line over ``limit`` bytes (its
+    rest is skipped in chunks, so a huge line never sits in memory)."""
+    i = 0
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        i += 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            while (chunk := f.readline(limit)) and not chunk.endswith(b"\n"):
+                pass
+            yield i, None
+        else:
+            yield i, raw.rstrip(b"\r\n")
+
+
+def _mode_of(rec: dict, default: str | None) -> str | None:
+    return rec["mode"] if rec.get("mode") is not None else default
+
+
+def _parse(raw: bytes | None, probs: dict, default_mode: str | None) -> tuple[dict | None, str | None]:
+    """One input line → (record, error). record is None when the line is not a JSON object at all."""
+    if raw is None:
+        return None, f"line longer than {MAX_LINE_BYTES} bytes"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
+    try:
+        rec = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        return None, f"malformed line: {str(e)[:200]}"
+    if not isinstance(rec, dict):
+        return None, "malformed line: not a JSON object"
+    pid, mode, comp = rec.get("problem_id"), _mode_of(rec, default_mode), rec.get("completion")
+    if not isinstance(pid, str) or pid not in probs:
+        return rec, f"unknown problem_id {pid!r}"
+    if mode is None:
+        return rec, "no mode: give the line a \"mode\" or pass --mode MODE for lines without one"
+    if mode not in LOOPHOLE_MODES:
+        return rec, f"unknown mode {mode!r}; choose from {list(LOOPHOLE_MODES)}"
+    if not isinstance(comp, str):
+        return rec, "completion must be a string"
+    return rec, None
+
+
 def grade(dataset: str, in_path: str, out_path: str | None = None, *, workers: int = 0, timeout_s: float = 5.0,
-          seed: int = 0) -> int:
-    """Grade a JSONL of {"problem_id", "mode", "completion"}; each output line is the input plus
-    every grade field. A malformed line gets an error record. Returns 0, or 2 on a bad dataset/file."""
+          seed: int = 0, mode: str | None = None) -> int:
+    """Grade a JSONL of {"problem_id", "mode", "completion"}; each output line is the input plus every grade
+    field (graded under the line's mode, or ``mode`` for lines without one). A bad line (malformed JSON,
+    not UTF-8, longer than MAX_LINE_BYTES, unknown problem or mode, no mode) gets an error record and the
+    others are still graded. Returns 0 when every line was graded, 1 when some were not, 2 on a bad
+    dataset, file or --mode."""
+    if mode is not None and mode not in LOOPHOLE_MODES:
+        _print(f"error: --mode {mode!r} is not a loophole mode; choose from {list(LOOPHOLE_MODES)}", sys.stderr)
+        return 2
     try:
         probs = {p.id: p for p in load_problems(dataset, seed=seed)}
     except ValueError as e:
         _print(f"error: {e}", sys.stderr)
         return 2
     try:
-        with open(in_path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+        src = open(Path(in_path).expanduser(), "rb")
     except OSError as e:
         _print(f"error: cannot read {in_path}: {e.strerror}", sys.stderr)
         return 2
+    records: list[dict] = []
+    jobs, slots = [], []
+    with src:
+        for i, raw in _read_lines(src):
+            if raw is not None and not raw.strip():
+                continue
+            rec, err = _parse(raw, probs, mode)
+            if err:
+                records.append({"line": i, "error": err} if rec is None else dict(rec, error=err))
+                continue
+            slots.append((len(records), rec))
+            records.append(rec)
+            jobs.append((probs[rec["problem_id"]], rec["completion"], _mode_of(rec, mode)))
+    n_bad = len(records) - len(jobs)
     try:  # open the output before grading, so a bad --out never wastes the work
-        dest = open(out_path, "w", encoding="utf-8") if out_path else sys.stdout
+        dest = open(Path(out_path).expanduser(), "w", encoding="utf-8") if out_path else sys.stdout
     except OSError as e:
         _print(f"error: cannot write {out_path}: {e.strerror}", sys.stderr)
         return 2
-    records: list[dict | None] = []
-    jobs, slots = [], []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, RecursionError) as e:
-            records.append({"line": i, "error": f"malformed line: {str(e)[:200]}"})
-            continue
-        pid, mode, comp = rec.get("problem_id"), rec.get("mode"), rec.get("completion")
-        err = None
-        if pid not in probs:
-            err = f"unknown problem_id {pid!r}"
-        elif mode is not None and mode not in LOOPHOLE_MODES:
-            err = f"unknown mode {mode!r}"
-        elif not isinstance(comp, str):
-            err = "completion must be a string"
-        if err:
-            records.append(dict(rec, error=err))
-            continue
-        records.append(None)
-        slots.append((len(records) - 1, rec))
-        jobs.append((probs[pid], comp, mode))
-    if jobs:
-        with GraderPool(workers, timeout_s=timeout_s) as g:
-            grades = g.grade_many(jobs)
-        for (k, rec), r in zip(slots, grades):
-            records[k] = {**rec, **asdict(r)}
     try:
+        if jobs:
+            with GraderPool(workers, timeout_s=timeout_s) as g:
+                grades = g.grade_many(jobs)
+            for (k, rec), r in zip(slots, grades):
+                records[k] = {**rec, **asdict(r)}
         for rec in records:
             dest.write(json.dumps(rec) + "\n")
     finally:
         if out_path:
             dest.close()
-    n_err = sum(1 for r in records if r and r.get("error") and "format_ok" not in r)
-    _print(f"graded {len(jobs)} completions, {n_err} malformed lines" + (f" -> {out_path}" if out_path else ""),
-           sys.stderr)
-    return 0
+    _print(f"graded {len(jobs)} completions, {n_bad} line(s) not graded (error records)"
+           + (f" -> {out_path}" if out_path else ""), sys.stderr)
+    return 1 if n_bad else 0

@@ -294,11 +294,24 @@ def _setup_names(setup: str) -> set[str]:
     return names
 
 
+_LEETCODE_TYPES = (  # (field, accepted JSON types, in words); None is accepted where a field is optional
+    ("id", (str, int), "a string"), ("question", str, "a string"), ("gt_answer", (str, list), "a string or a list of strings"),
+    ("func_name", str, "a string"), ("canonical_solution", str, "a string"), ("setup_code", (str, type(None)), "a string"),
+    ("starter_code", (str, type(None)), "a string"), ("prompt_metadata", (dict, type(None)), "an object"),
+    ("difficulty", str, "a string"),
+)
+
+
 def leetcode_problem(row: dict, lineno: int = 0) -> tuple[Problem, int]:
     """One rl-rewardhacking LeetCode row → (Problem, number of dropped tests)."""
     for key in ("id", "question", "gt_answer", "func_name", "canonical_solution"):
         if key not in row:
             raise ValueError(f"line {lineno}: missing field {key!r}")
+    for key, kinds, what in _LEETCODE_TYPES:
+        v = row.get(key)
+        if key in row and not (isinstance(v, kinds) and not isinstance(v, bool)
+                               and (not isinstance(v, list) or all(isinstance(x, str) for x in v))):
+            raise ValueError(f"line {lineno}: field {key!r} must be {what}, got {type(v).__name__} {str(v)[:40]!r}")
     method, is_call = _solution_call(str(row["func_name"]))
     setup = row.get("setup_code") or ""
     allowed = _ALLOWED_ARG_NAMES | _setup_names(setup)

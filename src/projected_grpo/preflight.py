@@ -1,0 +1,38 @@
+"""Checks of a training config that need no model weights and write nothing, run before the run directory is
+opened and before any model loads: a mistake costs seconds, not a model load, an SVD and a teacher pool.
+
+Owns: the order of the early checks. Never imports train (train calls `preflight`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Config, ConfigError
+from .env.pool import TeacherPool
+from .env.problems import load_problems
+from .models import check_model
+from .tracking import check_tracker
+
+
+
+def preflight(cfg: Config) -> None:
+    """Raise a UserError (one line, what and how to fix) for anything that would fail later in set-up."""
+    cfg.validate()
+    check_tracker(cfg.tracker)
+    try:  # only the count matters here, and it does not depend on the split seed
+        problems = load_problems(cfg.dataset, seed=0, modes=cfg.modes, force_mode=cfg.force_mode,
+                                 max_problems=cfg.max_problems)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"--dataset {cfg.dataset}: {e}") from None
+    if len(problems) <= cfg.eval_problems:
+        raise ConfigError(f"--dataset {cfg.dataset} has {len(problems)} problems; need more than "
+                          f"--eval-problems {cfg.eval_problems} (lower --eval-problems or raise --max-problems)")
+    if cfg.teacher_pool is not None and cfg.teacher_per_group > 0:
+        if not Path(cfg.teacher_pool).is_file():
+            raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: no such file")
+        try:
+            TeacherPool.load(cfg.teacher_pool)
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: {e}") from None
+    check_model(cfg.model, cfg.rollout_backend)
