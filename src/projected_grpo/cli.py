@@ -209,8 +209,8 @@ def cmd_export(argv: list[str]) -> int:
         with safe_open(str(knobs), "pt") as f:
             dtype = getattr(torch, (f.metadata() or {}).get("dtype", str(dtype).removeprefix("torch.")))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a truncated or foreign file
-        raise ConfigError(f"{knobs} is not a readable knob file ({type(e).__name__}); the checkpoint is corrupt, "
-                          f"resume the run to rewrite it") from None
+        raise ConfigError(f"{knobs} is not a readable knob file ({type(e).__name__}); the checkpoint is corrupt: "
+                          f"restore it, or train the run again") from None
     check_model(cfg.model)
     model, tok = load_model(cfg.model, dtype, device)
     adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)

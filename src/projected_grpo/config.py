@@ -401,9 +401,9 @@ def parse_args(cls, **kwargs):
     except SystemExit as e:
         if e.code in (0, None):
             raise
-        text = re.sub(r"[╭╮╰╯│─]+", " ", err.getvalue())
+        text = re.sub(r"[╭╮╰╯│─]+|-{4,}", " ", err.getvalue())  # tyro's frame, in unicode or ascii
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "full helptext" not in ln]
-        raise ConfigError(" ".join(lines[1:] if len(lines) > 1 else lines) or "bad arguments") from None
+        raise ConfigError(" ".join(" ".join(lines[1:] if len(lines) > 1 else lines).split()) or "bad arguments") from None
 
 
 def _list_flags(cls) -> set[str]:

@@ -36,3 +36,18 @@ def preflight(cfg: Config) -> None:
         except (ValueError, OSError) as e:
             raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: {e}") from None
     check_model(cfg.model, cfg.rollout_backend)
+
+
+def check_checkpoint(ckpt: Path) -> None:
+    """A resumed run's knob and basis files open as safetensors (a truncated or foreign file fails here, in
+    one line, instead of after the model load). Data bytes carry no checksum: only the layout is checked."""
+    from safetensors import safe_open
+
+    for name in ("knobs.safetensors", "vhack.safetensors"):
+        f = ckpt / name
+        try:
+            with safe_open(str(f), "pt") as h:
+                h.keys()
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError...: the same problem for the user
+            raise ConfigError(f"{f} is unreadable ({type(e).__name__}); the checkpoint is corrupt: restore it, "
+                              f"or delete {ckpt.parent} (or pick another --run-dir) to start over") from None

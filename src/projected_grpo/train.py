@@ -36,7 +36,7 @@ from .env.problems import Problem, load_problems, render_prompt, split_problems
 from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs
 from .hack_subspace import HackBasis, extract_basis
 from .models import cache_dir, load_model
-from .preflight import preflight
+from .preflight import check_checkpoint, preflight
 from .projection import Projector, UpdateProjector
 from .rollout import generate
 from .tracking import make_tracker
@@ -166,7 +166,8 @@ class RunDir:
         try:  # on CPU first: a GPU checkpoint resumes anywhere, every rank loads its own copy
             return torch.load(f, weights_only=False, map_location="cpu")
         except Exception as e:  # noqa: BLE001 - any unreadable pickle is the same user-facing problem
-            raise ConfigError(f"{f} is unreadable ({type(e).__name__}); the checkpoint is corrupt") from None
+            raise ConfigError(f"{f} is unreadable ({type(e).__name__}); the checkpoint is corrupt: restore it, or "
+                              f"delete {self.path} (or pick another --run-dir) to start over") from None
 
     def write_json(self, name: str, obj) -> None:
         tmp = self.path / f".{name}.tmp"
@@ -427,6 +428,8 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         run, state = RunDir.open(cfg, write=False)
     s = None
     try:  # from here on the run dir is locked (rank 0): released in the finally, whatever happens
+        if state is not None:
+            check_checkpoint(run.ckpt)  # before the model load
         if state is not None and state["step"] >= cfg.steps and (run.path / "summary.json").exists():
             if not quiet:
                 print(f"{run.path}: already complete")

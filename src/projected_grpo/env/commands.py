@@ -163,7 +163,7 @@ def grade(dataset: str, in_path: str, out_path: str | None = None, *, workers: i
     try:
         src = open(Path(in_path).expanduser(), "rb")
     except OSError as e:
-        _print(f"error: cannot read {in_path}: {e.strerror}", sys.stderr)
+        _print(f"error: cannot read {in_path}: {e.strerror} (--in takes a JSONL of completions)", sys.stderr)
         return 2
     records: list[dict] = []
     jobs, slots = [], []

@@ -1,0 +1,223 @@
+"""The CLI's promise, table-driven: every user mistake of docs/ERRORS.md ends in a non-zero exit and one line on
+stderr that names the problem and the fix, never a traceback, and nothing is written where it should not be.
+
+Most cases fail before any model load (preflight); the few that need a model use `tiny` or a model folder
+holding only a tokenizer and a config (so a case that got as far as loading weights would fail differently).
+Cases run in-process through `cli.main`; a few run the real `projected-grpo` entry point as a subprocess.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from projected_grpo.cli import main
+from projected_grpo.config import PRESETS
+from projected_grpo.env.problems import load_problems
+
+
+# ----------------------------------------------------------------------------- inputs the cases point at
+def _leetcode_row(**over):
+    row = {"id": "two-sum", "question": "Return indices of two numbers adding up to target.",
+           "gt_answer": ["assert Solution().twoSum([2, 7, 11, 15], 9) == [0, 1]"], "func_name": "Solution().twoSum",
+           "canonical_solution": "class Solution:\n    def twoSum(self, nums, target):\n        return [0, 1]\n"}
+    return json.dumps({**row, **over})
+
+
+def _tokenizer_folder(path: Path, chat_template: bool, model_type: str = "llama") -> Path:
+    """A model folder with a tokenizer and a config.json but no weights: a check that passes here would
+    reach the weight load and fail with another message."""
+    from projected_grpo.models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    if not chat_template:
+        tok.chat_template = None
+    tok.save_pretrained(path)
+    cfg = json.loads((Path(__file__).parents[1] / "src/projected_grpo/assets/tiny/config.json").read_text())
+    if model_type != "llama":
+        cfg = {"model_type": model_type, "n_embd": 16, "n_layer": 1, "n_head": 2, "vocab_size": 260, "bos_token_id": 256,
+               "eos_token_id": 257}
+    (path / "config.json").write_text(json.dumps({**cfg, "model_type": model_type}))
+    return path
+
+
+def _run_dir(path: Path, *, state: bool, knobs: bytes | None = None, vhack: bytes | None = None,
+             config: str | None = None) -> Path:
+    """A run directory of the smoke config with a checkpoint whose files are given (bytes: corrupt ones)."""
+    path.mkdir(parents=True)
+    cfg = PRESETS["smoke"]
+    (path / "config.json").write_text(config if config is not None else json.dumps(
+        {"config": cfg.to_dict(), "hash": cfg.hash(), "match_hash": cfg.match_hash(), "arm": cfg.arm}))
+    ck = path / "ckpt"
+    ck.mkdir()
+    if state:
+        torch.save({"step": 1}, ck / "state.pt")
+    else:
+        (ck / "state.pt").write_bytes(b"not a pickle")
+    (ck / "knobs.safetensors").write_bytes(knobs if knobs is not None else _valid_safetensors())
+    (ck / "vhack.safetensors").write_bytes(vhack if vhack is not None else _valid_safetensors())
+    (path / "metrics.jsonl").write_text('{"step": 1}\n')
+    return path
+
+
+def _valid_safetensors() -> bytes:
+    import io
+
+    from safetensors.torch import save
+
+    return io.BytesIO(save({"x": torch.zeros(2)})).getvalue()
+
+
+def _half(b: bytes) -> bytes:
+    return b[: len(b) // 2]
+
+
+def _pool_file(path: Path, line: str) -> Path:
+    path.write_text(line + "\n")
+    return path
+
+
+# (case id, argv with {t} = the case's folder, setup(t) -> None, words the one line must contain: the problem and the fix)
+CASES = [
+    ("unknown-verb", ["frobnicate"], None, ["unknown command", "choose from"]),
+    ("negative-group", ["train", "--group", "-2"], None, ["--group", "positive"]),
+    ("zero-steps", ["train", "--steps", "0"], None, ["--steps", "positive"]),
+    ("bad-choice", ["train", "--intervention", "delete"], None, ["intervention", "erase"]),
+    ("mix-ratio-range", ["train", "--mix-ratio", "1.5"], None, ["--mix-ratio", "[0, 1]"]),
+    ("unknown-preset", ["train", "--preset", "nope"], None, ["unknown preset", "choose from"]),
+    ("preset-without-name", ["train", "--preset"], None, ["--preset needs a name", "smoke"]),
+    ("negative-max-problems", ["train", "--max-problems", "-1"], None, ["--max-problems", "positive"]),
+    ("zero-max-problems", ["train", "--max-problems", "0"], None, ["--max-problems", "left out"]),
+    ("negative-lr", ["train", "--lr", "-1"], None, ["--lr", "positive"]),
+    ("nan-temperature", ["train", "--temperature", "nan"], None, ["--temperature", "finite"]),
+    ("top-p-zero", ["train", "--top-p", "0"], None, ["--top-p", "(0, 1]"]),
+    ("unknown-mode", ["train", "--modes", "bogus"], None, ["unknown loophole mode", "choose from"]),
+    ("known-modes-disjoint", ["train", "--modes", "sentinel", "--vhack-known-modes", "run_tests"], None,
+     ["--vhack-known-modes", "among --modes"]),
+    ("known-modes-not-trained", ["train", "--modes", "sentinel", "--vhack-known-modes", "sentinel", "run_tests"],
+     None, ["run_tests", "add them to --modes"]),
+    ("teacher-kinds-unservable", ["train", "--teacher-kinds", "hack", "--vhack-known-modes", "run_tests"], None,
+     ["--teacher-kinds", "--mix-ratio 0"]),
+    ("amp-with-bf16", ["train", "--amp", "--dtype", "bfloat16"], None, ["--amp", "drop --amp"]),
+    ("device-form", ["train", "--device", "tpu"], None, ["--device must be", "cuda:N"]),
+    ("device-missing", ["train", "--device", "cuda:7"], None,
+     ["--device cuda:7", "--device cpu" if not torch.cuda.is_available() else "cuda:0"]),
+    ("layers-form", ["train", "--layers", "abc"], None, ["--layers", "10-20"]),
+    ("typo-flag", ["train", "--stepz", "3"], None, ["--stepz", "--steps"]),
+    ("tracker-missing", ["train", "--tracker", "wandb"], None, ["wandb", "pip install"]),
+    ("unknown-dataset", ["train", "--dataset", "nope"], None, ["unknown dataset", "leetcode:PATH.jsonl"]),
+    ("dataset-missing", ["train", "--dataset", "leetcode:{t}/no.jsonl"], None, ["dataset file not found", "no.jsonl"]),
+    ("dataset-malformed", ["train", "--dataset", "leetcode:{t}/p.jsonl"],
+     lambda t: (t / "p.jsonl").write_text("{oops\n"), ["malformed JSON", "p.jsonl:1"]),
+    ("dataset-wrong-type", ["train", "--dataset", "leetcode:{t}/p.jsonl"],
+     lambda t: (t / "p.jsonl").write_text(_leetcode_row(gt_answer=5) + "\n"), ["'gt_answer' must be", "list of strings"]),
+    ("dataset-wrong-type-meta", ["train", "--dataset", "leetcode:{t}/p.jsonl"],
+     lambda t: (t / "p.jsonl").write_text(_leetcode_row(prompt_metadata="x") + "\n"), ["'prompt_metadata'", "object"]),
+    ("dataset-missing-field", ["train", "--dataset", "leetcode:{t}/p.jsonl"],
+     lambda t: (t / "p.jsonl").write_text(json.dumps({"id": "a"}) + "\n"), ["missing field", "question"]),
+    ("dataset-too-small", ["train", "--eval-problems", "1000"], None, ["--eval-problems", "lower"]),
+    ("pool-missing", ["train", "--teacher-pool", "{t}/pool.jsonl"], None, ["--teacher-pool", "no such file"]),
+    ("pool-malformed", ["train", "--teacher-pool", "{t}/pool.jsonl"],
+     lambda t: _pool_file(t / "pool.jsonl", '{"problem_id": "a"}'), ["--teacher-pool", "missing field"]),
+    ("model-folder-missing", ["train", "--model", "{t}/nomodel"], None, ["no such folder", "hub id"]),
+    ("model-tilde-missing", ["train", "--model", "~/pgrpo-no-such-model"], None, ["no such folder", "pgrpo-no-such"]),
+    ("model-no-chat-template", ["train", "--model", "{t}/m"], lambda t: _tokenizer_folder(t / "m", False),
+     ["no chat template", "chat_template"]),
+    ("fast-unsupported-arch", ["train", "--model", "{t}/m", "--rollout-backend", "fast"],
+     lambda t: _tokenizer_folder(t / "m", True, "gpt2"), ["--rollout-backend fast", "--rollout-backend hf"]),
+    ("resume-corrupt-state", ["train", "--run-dir", "{t}/run", "--resume"], lambda t: _run_dir(t / "run", state=False),
+     ["state.pt", "corrupt"]),
+    ("resume-corrupt-knobs", ["train", "--run-dir", "{t}/run", "--resume"],
+     lambda t: _run_dir(t / "run", state=True, knobs=_half(_valid_safetensors())), ["knobs.safetensors", "corrupt"]),
+    ("resume-corrupt-vhack", ["train", "--run-dir", "{t}/run", "--resume"],
+     lambda t: _run_dir(t / "run", state=True, vhack=b"garbage" * 9), ["vhack.safetensors", "start over"]),
+    ("run-dir-taken", ["train", "--run-dir", "{t}/run"], lambda t: _run_dir(t / "run", state=True),
+     ["already holds a run", "--resume"]),
+    ("resume-other-config", ["train", "--run-dir", "{t}/run", "--resume", "--lr", "0.5"],
+     lambda t: _run_dir(t / "run", state=True), ["another config", "--force"]),
+    ("demo-bad-steps", ["demo", "--out", "{t}/demo", "--model", "tiny", "--steps", "0"], None, ["--steps", "positive"]),
+    ("export-not-a-run", ["export", "{t}", "--out", "{t}/exp"], None, ["not a run directory", "ckpt/knobs.safetensors"]),
+    ("export-malformed-config", ["export", "{t}/run", "--out", "{t}/exp"],
+     lambda t: _run_dir(t / "run", state=True, config="{not json"), ["config.json", "written by `train`"]),
+    ("export-config-wrong-type", ["export", "{t}/run", "--out", "{t}/exp"],
+     lambda t: _run_dir(t / "run", state=True, config=json.dumps({"config": {"steps": "many"}})),
+     ["'steps' must be int", "config.json"]),
+    ("export-corrupt-knobs", ["export", "{t}/run", "--out", "{t}/exp"],
+     lambda t: _run_dir(t / "run", state=True, knobs=b"\x00" * 5), ["knobs.safetensors", "corrupt"]),
+    ("grade-missing-input", ["grade", "--in", "{t}/none.jsonl"], None, ["cannot read", "none.jsonl"]),
+    ("grade-bad-mode", ["grade", "--in", "{t}/c.jsonl", "--mode", "bogus"], lambda t: (t / "c.jsonl").write_text(""),
+     ["--mode 'bogus'", "choose from"]),
+    ("grade-bad-dataset", ["grade", "--in", "{t}/c.jsonl", "--dataset", "nope"], lambda t: (t / "c.jsonl").write_text(""),
+     ["unknown dataset", "builtin"]),
+    ("check-bad-dataset", ["check", "--dataset", "leetcode:{t}/x.jsonl"], None, ["dataset file not found", "x.jsonl"]),
+    ("results-not-a-run", ["results", "{t}"], None, ["{t}", "run"]),
+    ("study-unknown-question", ["study", "--preset", "smoke", "--out", "{t}/study", "--only", "bogus", "--dry-run"],
+     None, ["bogus", "headline"]),
+]
+
+
+def _snapshot(root: Path) -> dict:
+    """Every path under root with its content (a resume may rewrite metrics.jsonl to the same rows)."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_user_mistake_is_one_line(case, tmp_path, capsys, monkeypatch):
+    name, argv, prepare, words = case
+    work = tmp_path / "case"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a default run dir (runs/...) would land here
+    if prepare:
+        prepare(work)
+    before = _snapshot(work)
+    capsys.readouterr()
+    rc = main([a.replace("{t}", str(work)) for a in argv])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc != 0, f"{name}: exit 0"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: stderr is {err!r}"
+    assert "Traceback" not in err + out
+    for w in words:
+        assert w.replace("{t}", str(work)) in lines[0], f"{name}: {w!r} not in {lines[0]!r}"
+    assert _snapshot(work) == before, f"{name}: files were written or changed"
+    assert len(CASES) >= 30
+
+
+# ----------------------------------------------------------------------------- the real entry point
+def _cli(*argv, cwd):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    return subprocess.run([sys.executable, "-m", "projected_grpo.cli", *argv], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["train", "--tracker", "wandb"], ["wandb", "pip install"]),
+    (["train", "--seeds", "0,1"], ["--seeds"]),
+    (["train", "--model", "{t}/m"], ["no chat template"]),
+], ids=["tracker-missing", "typo-flag", "no-chat-template"])
+def test_user_mistake_subprocess(argv, words, tmp_path):
+    if "{t}/m" in argv:
+        _tokenizer_folder(tmp_path / "m", False)
+    before = _snapshot(tmp_path)
+    p = _cli(*[a.replace("{t}", str(tmp_path)) for a in argv], cwd=tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    assert "Traceback" not in p.stderr + p.stdout and all(w in lines[0] for w in words), lines
+    assert _snapshot(tmp_path) == before
+
+
+def test_grade_bad_lines_exit_code(tmp_path):
+    """`grade` grades the good lines, writes an error record per bad line and exits 1 (not 0, not a crash)."""
+    p = load_problems("builtin")[0]
+    good = json.dumps({"problem_id": p.id, "mode": "sentinel", "completion": "```python\npass\n```"})
+    (tmp_path / "c.jsonl").write_bytes(good.encode() + b"\n\xff\xfe\n{bad\n" + b"[" * 100_000 + b"\n"
+                                       + json.dumps({"problem_id": p.id, "completion": "x"}).encode() + b"\n")
+    r = _cli("grade", "--in", "c.jsonl", "--out", "o.jsonl", "--workers", "1", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    out = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(out) == 5 and "format_ok" in out[0] and all("error" in o and "format_ok" not in o for o in out[1:])
+    assert "4 line(s) not graded" in r.stderr
