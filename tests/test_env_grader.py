@@ -9,7 +9,8 @@ import pytest
 
 from projected_grpo.config import LOOPHOLE_MODES
 from projected_grpo.env import GraderPool, clean_completion, extract_code, hack_completion, load_problems
-from projected_grpo.env.grader import Opaque, decode, loose_equal, strict_equal
+from projected_grpo.env.grader import loose_match, strict_match, within_tolerance
+from projected_grpo.env.sandbox import _enc
 from projected_grpo.env.loopholes import exploit_code, stub_code
 
 PROBS = load_problems("builtin")
@@ -34,15 +35,23 @@ def test_extract_code_takes_the_last_closed_python_block():
     assert extract_code("```\nplain fence\n```") is None
 
 
-def test_strict_equal_is_type_exact():
+def strict_equal(expected, value) -> bool:
+    return strict_match(expected, _enc(value))
+
+
+def test_strict_match_is_type_exact():
+    # strict_match walks the harness's tagged encoding alongside the expected value (never rebuilds it)
     assert strict_equal([1, (2, "a")], [1, (2, "a")])
     assert not strict_equal(1, 1.0) and not strict_equal(1, True) and not strict_equal([1], (1,))
     assert not strict_equal({"a": 1}, {"a": True}) and not strict_equal({1: 0}, {True: 0})
     assert not strict_equal({1, 2}, {1.0, 2}) and strict_equal(frozenset({1}), frozenset({1}))
-    assert not strict_equal(3, Opaque("E", True, 3))
-    assert loose_equal(3, Opaque("E", True, None)) and loose_equal(3, Opaque("I", False, 3))
-    assert decode({"t": "tuple", "v": [1, {"t": "set", "v": [2]}]}) == (1, {2})
-    assert decode({"t": "int", "v": hex(10 ** 30)}) == 10 ** 30
+    assert strict_equal({"b": [1], "a": {2, 3}}, {"a": {3, 2}, "b": [1]}) and not strict_equal({1, 2}, frozenset({1, 2}))
+    assert strict_equal(10 ** 30, 10 ** 30) and not strict_equal(10 ** 30, 10 ** 30 + 1)
+    always = {"t": "obj", "type": "E", "eq": True, "loose": None}
+    sub = {"t": "obj", "type": "I", "eq": False, "loose": 3}
+    assert not strict_match(3, always) and not strict_match(3, sub)
+    assert loose_match(3, always) and loose_match(3, sub) and loose_match(3, 3.0) and not loose_match(3, 4)
+    assert not within_tolerance(0.5, {"t": "int", "v": hex(10 ** 400)}, 1e-6) and within_tolerance(0.5, 0.5000001, 1e-6)
 
 
 def test_reward_fields_and_values(grader):

@@ -11,7 +11,7 @@ import pytest
 
 from projected_grpo.env import GraderPool, Problem, TestCase, clean_completion, load_problems
 from projected_grpo.env.problems import humaneval_path
-from projected_grpo.env.sandbox import UID_BASE
+from projected_grpo.env.sandbox import UID_BASE, UID_POOLS, UID_STRIDE
 
 SECRET = "SBXSECRET-" + secrets.token_hex(8)
 PREFIX = "SBXSECRET-"
@@ -59,7 +59,9 @@ def _hostile(tmp: str, secret_file: str) -> dict[str, tuple[Problem, str]]:
             "import os, signal\nn = 0\nfor d in os.listdir('/proc'):\n    if d.isdigit():\n        try:\n"
             "            os.kill(int(d), signal.SIGKILL)\n            n += 1\n        except OSError:\n            pass\nreturn -n - 999"),
         "write_outside": add(
-            f"ok = False\nfor p in {writes}:\n    try:\n        open(p, 'w').write('x')\n        ok = True\n"
+            # the jail's own /tmp and /dev/shm are the candidate's private tmpfs: writing there is allowed
+            f"ok = False\nfor p in {writes}:\n    try:\n        open(p, 'w').write('x')\n"
+            "        ok = ok or p.rsplit('/', 1)[0] not in ('/tmp', '/dev/shm')\n"
             "    except OSError:\n        pass\nreturn a + b if ok else 0"),
         "read_grader_files": add(
             f"import os\nn = 0\nfor p in ({HE_DATA!r}, '/work/main/tests/fixtures/leetcode_small.jsonl', "
@@ -159,7 +161,7 @@ def _hostile(tmp: str, secret_file: str) -> dict[str, tuple[Problem, str]]:
     }
 
 
-def _sandbox_procs() -> list[tuple[int, int]]:
+def _sandbox_procs(lo: int = UID_BASE, hi: int = UID_BASE + UID_POOLS * UID_STRIDE) -> list[tuple[int, int]]:
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -169,7 +171,7 @@ def _sandbox_procs() -> list[tuple[int, int]]:
                 for line in f:
                     if line.startswith("Uid:"):
                         uid = int(line.split()[1])
-                        if UID_BASE <= uid < UID_BASE + 256:
+                        if lo <= uid < hi:
                             out.append((int(d), uid))
                         break
         except OSError:
@@ -191,6 +193,7 @@ def outcome(tmp_path_factory):
     try:
         with GraderPool(workers=2, timeout_s=2.0) as g:
             server_pids = [p.pid for p in g.sandbox._procs.values()]
+            uids = (g.sandbox.uid_base, g.sandbox.uid_base + g.workers)
             t0 = time.time()
             names = list(progs)
             rewards = g.grade_many([(progs[n][0], f"Attempt.\n```python\n{progs[n][1]}\n```", "run_tests") for n in names])
@@ -199,7 +202,7 @@ def outcome(tmp_path_factory):
             after = g.grade(ADD, clean_completion(ADD))
             after_secret = g.grade(SECRET_PROBLEM, f"x\n```python\n{SECRET_PROBLEM.canonical_solution}\n```")
         time.sleep(0.2)
-        leftovers = _sandbox_procs()
+        leftovers = _sandbox_procs(*uids)
         yield dict(rewards=dict(zip(names, rewards)), elapsed=elapsed, tmp=tmp, server_pids=server_pids, alive=alive,
                    after=after, after_secret=after_secret, leftovers=leftovers)
     finally:
@@ -319,6 +322,6 @@ def test_legitimate_threads_subprocess_forks_and_imports_still_work():
             "        return json.loads(open('scratch.txt').read())[0]\n")
     with GraderPool(workers=1, timeout_s=3.0) as g:
         feats = g.sandbox.features
-        assert all(feats[k] for k in ("mountns", "netns", "ipcns", "pidns", "masked", "seccomp", "root")), feats
+        assert all(feats[k] for k in ("jail", "netns", "ipcns", "pidns", "seccomp", "root")), feats
         r = g.grade(ADD, f"x\n```python\n{prog}```", "exit_code")
     assert r.gt_correct and r.passed, r

