@@ -351,6 +351,8 @@ def _parse_report(resp: dict) -> dict:
             continue
         if isinstance(rec, dict):
             ev["records"].append(rec)
+            if rec.get("r") == "file" and (rec.get("v") is None or type(rec.get("v")) is str):
+                ev["file"] = rec.get("v")  # file_marker: read by the harness at the end of the run
         else:
             ev["malformed"] = True
     return ev

@@ -333,9 +333,9 @@ def setup_server(expose: list[str]) -> tuple[dict, list[str]]:
 
 
 # --------------------------------------------------------------------------- jail: once per completion
-def enter_completion_namespaces(feats: dict, uid: int) -> str:
-    """In the runner R: fresh mount + IPC + network namespaces, fresh capped tmpfs on the jail's /tmp and
-    /dev/shm (owned by the candidate), capped IPC. Returns the work directory as R sees it."""
+def enter_completion_namespaces(feats: dict, uid: int) -> str | None:
+    """In the completion's child, before any request data exists: fresh mount + IPC + network namespaces, fresh capped tmpfs on the jail's /tmp and
+    /dev/shm (owned by the candidate), capped IPC. Returns the work directory (before chroot), or None."""
     flags = (CLONE_NEWNS if feats["jail"] else 0) | (CLONE_NEWIPC if feats["ipcns"] else 0) \
         | (CLONE_NEWNET if feats["netns"] else 0)
     if flags:
@@ -348,73 +348,11 @@ def enter_completion_namespaces(feats: dict, uid: int) -> str:
             except OSError:
                 pass
     if not feats["jail"]:
-        import tempfile
-        wd = tempfile.mkdtemp(prefix=f"sbx{uid}-")
-        if feats["root"]:
-            os.chown(wd, uid, uid)
-        return wd
+        return None  # fallback: the zygote made a work directory on the host's /tmp
     opts = f"nr_inodes={INODES},mode=0700,uid={uid},gid={uid}"
     _mount("tmpfs", JAIL_ROOT + WORK, "tmpfs", MS_NOSUID | MS_NODEV, f"size={TMP_MB}m,{opts}")
     _mount("tmpfs", JAIL_ROOT + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={SHM_MB}m,{opts}")
     return JAIL_ROOT + WORK
-
-
-def _child(req: dict, uid: int, wd: str, res_w: int, out_w: int, feats: dict, limits: dict) -> None:
-    """The forked child C, as root: finish the jail (private /proc, chroot), drop privileges, run part 2.
-    Never returns."""
-    try:
-        os.setsid()
-        _lib().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        devnull = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(out_w, 1)
-        os.dup2(out_w, 2)
-        res = 3
-        if res_w != res:
-            os.dup2(res_w, res)
-        os.closerange(4, 1 << 16)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        if feats["jail"]:
-            if feats["pidns"]:  # this process is init of a fresh PID namespace: /proc shows only the jail
-                _mount("proc", JAIL_ROOT + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            os.chroot(JAIL_ROOT)
-            wd = WORK
-        os.chdir(wd)
-        mem = limits["mem_bytes"] + limits["base_vm"]
-        cpu = int(limits["cpu_s"])
-        for lim, val in ((resource.RLIMIT_AS, (mem, mem)),
-                         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-                         (resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"])),
-                         (resource.RLIMIT_FSIZE, (limits["fsize"], limits["fsize"])),
-                         (resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"])),
-                         (resource.RLIMIT_MSGQUEUE, (256 << 10, 256 << 10)),  # POSIX mqueue bytes
-                         (resource.RLIMIT_CORE, (0, 0))):
-            resource.setrlimit(lim, val)
-        os.environ.clear()
-        os.environ.update({"HOME": wd, "TMPDIR": wd, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
-        if os.getuid() == 0:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-        _lib().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        if feats.get("seccomp"):
-            install_seccomp()
-        if feats.get("root") and (os.getuid() == 0 or os.geteuid() == 0):
-            os._exit(120)
-    except BaseException as e:
-        try:  # reaches the captured stdout: a jail failure says why
-            os.write(2, f"sandbox: jail setup failed: {type(e).__name__}: {e}\n".encode())
-        except BaseException:
-            pass
-        os._exit(121)
-    try:
-        status = _harness(req, 3)
-    except BaseException:
-        status = 1
-    os._exit(status)
 
 
 # =========================================================================== part 2: the grading harness
@@ -705,6 +643,11 @@ def _harness(req: dict, res_fd: int) -> int:
         return sysexit(e, "mode")
     except BaseException as e:
         emit({"r": "moderr", "e": short(e)})
+    if req.get("read_file"):  # file_marker: the result file as the run left it
+        try:
+            emit({"r": "file", "v": _read_small(RESULT_FILE)})
+        except BaseException:
+            pass
     emit({"r": "done"})
     try:
         sys.stdout.flush()
@@ -713,41 +656,163 @@ def _harness(req: dict, res_fd: int) -> int:
     return 0
 
 
-# =========================================================================== the server: zygote + runners
-class Runner:
-    """One completion, in the runner process R (forked from the zygote, so it holds no other request)."""
+# =========================================================================== the server (zygote)
+class Buffers:
+    """The only memory of the zygote that ever holds candidate bytes: two fixed buffers, read into in place
+    (`os.readv`), written out in place and zeroed after every completion (no Python object of a completion's
+    data is ever created in the zygote, so none is inherited by the next child)."""
 
-    def __init__(self, slot: int, uid: int, limits: dict, feats: dict):
-        self.slot, self.uid, self.limits, self.feats = slot, uid, limits, feats
-        self.wd = None
+    def __init__(self):
+        self.res, self.out = bytearray(RESULT_CAP), bytearray(STDOUT_CAP)
+        self.n_res = self.n_out = 0
 
-    def prepare(self) -> None:
-        """Everything that needs no request (fresh namespaces, tmpfs, IPC caps), done before the request
-        arrives: creating namespaces costs milliseconds of kernel latency, hidden here behind the trainer."""
-        self.wd = enter_completion_namespaces(self.feats, self.uid)
-        if self.feats["pidns"]:
-            _unshare(CLONE_NEWPID)  # R's next child is init of a fresh PID namespace
+    def clear(self) -> None:
+        for buf, n in ((self.res, self.n_res), (self.out, self.n_out)):
+            if n:
+                ctypes.memset((ctypes.c_char * len(buf)).from_buffer(buf), 0, n)
+        self.n_res = self.n_out = 0
 
-    def run(self, req: dict) -> dict:
-        t0 = time.monotonic()
+
+def _completion_child(rfd: int, status_w: int, res_w: int, out_w: int, wd: str | None, uid: int, feats: dict,
+                      limits: dict) -> None:
+    """The child C, forked from the zygote (as root, init of a fresh PID namespace): enter fresh mount + IPC
+    + network namespaces, mount its tmpfs and /proc, chroot — all before the request exists — then read ONE
+    request from the trainer's pipe, tell the zygote its timeout, drop privileges and run part 2."""
+    try:
+        _lib().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        os.setsid()
+        wd = enter_completion_namespaces(feats, uid) or wd
+        if feats["jail"]:
+            if feats["pidns"]:  # this process is init of a fresh PID namespace: /proc shows only the jail
+                _mount("proc", JAIL_ROOT + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            os.chroot(JAIL_ROOT)
+            wd = WORK
+        os.chdir(wd)
+        try:
+            req = recv_msg(rfd)
+        except (EOFError, ValueError, OSError):
+            req = None
+        if req is None:
+            os._exit(10)  # the trainer closed the pipe
         timeout = float(req.get("timeout", 5.0))
-        deadline = t0 + timeout
-        wd = self.wd
+        os.write(status_w, struct.pack("<cd", b"S", timeout))
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        os.dup2(res_w, 3)
+        os.closerange(4, 1 << 16)  # the trainer's pipes, the status pipe: gone
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        mem = limits["mem_bytes"] + limits["base_vm"]
+        cpu = int(timeout + 1)
+        for lim, val in ((resource.RLIMIT_AS, (mem, mem)),
+                         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+                         (resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"])),
+                         (resource.RLIMIT_FSIZE, (limits["fsize"], limits["fsize"])),
+                         (resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"])),
+                         (resource.RLIMIT_MSGQUEUE, (256 << 10, 256 << 10)),  # POSIX mqueue bytes
+                         (resource.RLIMIT_CORE, (0, 0))):
+            resource.setrlimit(lim, val)
+        os.environ.clear()
+        os.environ.update({"HOME": wd, "TMPDIR": wd, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+        if os.getuid() == 0:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        _lib().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if feats.get("seccomp"):
+            install_seccomp()
+        if feats.get("root") and (os.getuid() == 0 or os.geteuid() == 0):
+            os._exit(120)
+    except BaseException as e:
+        try:  # reaches the captured stdout: a jail failure says why
+            os.write(2, f"sandbox: jail setup failed: {type(e).__name__}: {e}\n".encode())
+        except BaseException:
+            pass
+        os._exit(121)
+    try:
+        status = _harness(req, 3)
+    except BaseException:
+        status = 1
+    os._exit(status)
+
+
+class Server:
+    """The zygote S: forks one child per completion before the request exists, never reads a request, and
+    passes the child's result bytes to the trainer through `Buffers` only."""
+
+    def __init__(self, rfd: int, wfd: int, slot: int, uid: int, limits: dict, feats: dict):
+        self.rfd, self.wfd, self.slot, self.uid, self.limits, self.feats = rfd, wfd, slot, uid, limits, feats
+        self.bufs = Buffers()
+        self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY) if feats["pidns"] else None
+
+    def serve_one(self) -> bool:
+        """One completion. False when the server should exit (trainer gone, or it must be replaced)."""
+        status_r, status_w = os.pipe()
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
+        wd = None
+        if not self.feats["jail"]:
+            import tempfile
+            wd = tempfile.mkdtemp(prefix=f"sbx{self.uid}-")
+            if self.feats["root"]:
+                os.chown(wd, self.uid, self.uid)
+        if self.feats["pidns"]:
+            _unshare(CLONE_NEWPID)  # the next child is init of a fresh PID namespace
         pid = os.fork()
         if pid == 0:
-            os.close(res_r)
-            os.close(out_r)
-            _child(req, self.uid, wd, res_w, out_w, self.feats, dict(self.limits, cpu_s=timeout + 1))
+            for fd in (status_r, res_r, out_r, self.wfd):
+                os.close(fd)
+            _completion_child(self.rfd, status_w, res_w, out_w, wd, self.uid, self.feats, self.limits)
             os._exit(122)
-        os.close(res_w)
-        os.close(out_w)
-        result, stdout, timed_out, overflow = bytearray(), bytearray(), False, False
+        if self.feats["pidns"]:
+            _check(_lib().setns(self.own_pidns, CLONE_NEWPID), "setns")
+        for fd in (status_w, res_w, out_w):
+            os.close(fd)
+        head = _read_upto(status_r, 9)  # blocks until the child has read a request (or died)
+        os.close(status_r)
+        t0 = time.monotonic()
+        if len(head) != 9 or head[:1] != b"S":
+            _kill(pid)
+            _, status = os.waitpid(pid, 0)
+            for fd in (res_r, out_r):
+                os.close(fd)
+            return False  # trainer gone (exit 10), or the child died around the request: be replaced
+        (timeout,) = struct.unpack("<d", head[1:])
+        timed_out, overflow = self._collect(pid, res_r, out_r, t0 + timeout)
+        _kill(pid)
+        _, status = os.waitpid(pid, 0)  # init of the PID ns: reaped only after every process in it is gone
+        elapsed = time.monotonic() - t0
+        if not self.feats["pidns"]:
+            if self.feats["root"]:
+                _kill_uid(self.uid)
+            _reap_descendants()
+        replace = wd is not None and not _wipe(wd, time.monotonic() + max(1.0, timeout))
+        head = {"exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                "timeout": timed_out, "overflow": overflow, "elapsed": elapsed,
+                "n_result": self.bufs.n_res, "n_stdout": self.bufs.n_out}
+        if replace:
+            head["replace"] = "cleanup of the work directory failed"
+        send_msg(self.wfd, head)
+        _write_all(self.wfd, memoryview(self.bufs.res)[: self.bufs.n_res])
+        _write_all(self.wfd, memoryview(self.bufs.out)[: self.bufs.n_out])
+        self.bufs.clear()
+        return not replace
+
+    def _collect(self, pid: int, res_r: int, out_r: int, deadline: float) -> tuple[bool, bool]:
+        """Read the child's result and output pipes into the buffers until both close, it exits, or the
+        deadline. Returns (timed_out, overflow)."""
+        b = self.bufs
+        timed_out = overflow = False
         try:
             pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):
             pidfd = None
+        scratch = bytearray(65536)  # excess bytes land here and are zeroed below
         open_fds = {res_r, out_r}
         exited = False
         poller = select.poll()
@@ -768,38 +833,34 @@ class Runner:
                     exited = True
                     poller.unregister(pidfd)
                     continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
+                if fd == res_r:
+                    room = memoryview(b.res)[b.n_res:]
+                else:
+                    room = memoryview(b.out)[b.n_out:]
+                n = os.readv(fd, [room if len(room) else scratch])
+                if not n:
                     poller.unregister(fd)
                     open_fds.discard(fd)
+                elif not len(room):
+                    overflow = overflow or fd == res_r  # stdout beyond the cap is drained and dropped
                 elif fd == res_r:
-                    if len(result) < RESULT_CAP:
-                        result += chunk[: RESULT_CAP - len(result)]
-                    else:
-                        overflow = True
-                elif len(stdout) < STDOUT_CAP:
-                    stdout += chunk[: STDOUT_CAP - len(stdout)]
-        _kill(pid)
-        _, status = os.waitpid(pid, 0)  # init of the PID ns: reaped only after every process in it is gone
-        elapsed = time.monotonic() - t0
-        if not self.feats["pidns"]:
-            if self.feats["root"]:
-                _kill_uid(self.uid)
-            _reap_descendants()
-        file_text = _read_small(os.path.join(wd, RESULT_FILE)) if req.get("read_file") else None
-        resp = {
-            "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            "timeout": timed_out,
-            "stdout": stdout.decode("utf-8", "replace"),
-            "result": result.decode("utf-8", "replace"),
-            "overflow": overflow,
-            "file": file_text,
-            "elapsed": elapsed,
-        }
-        if not self.feats["jail"] and not _wipe(wd, time.monotonic() + max(1.0, timeout)):
-            resp["replace"] = "cleanup of the work directory failed"  # this server is retired
-        return resp
+                    b.n_res += n
+                else:
+                    b.n_out += n
+        ctypes.memset((ctypes.c_char * len(scratch)).from_buffer(scratch), 0, len(scratch))
+        for fd in (res_r, out_r) + ((pidfd,) if pidfd is not None else ()):
+            os.close(fd)
+        return timed_out, overflow
+
+
+def _read_upto(fd: int, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = os.read(fd, n - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
 
 
 def _kill(pid: int) -> None:
@@ -906,33 +967,8 @@ def _vm_bytes() -> int:
     return 64 << 20
 
 
-def _runner_main(rfd: int, wfd: int, status_w: int, runner: Runner) -> int:
-    """Body of R: read one request, answer it, tell the zygote whether to go on. Exit status 0 = go on."""
-    _lib().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    try:
-        runner.prepare()
-    except OSError as e:
-        runner.failed = f"{type(e).__name__}: {e}"
-    try:
-        req = recv_msg(rfd)
-    except (EOFError, ValueError, OSError):
-        req = None
-    if req is None:
-        return 10  # trainer closed the pipe (or died)
-    try:
-        if getattr(runner, "failed", None):
-            raise RuntimeError("jail setup failed: " + runner.failed)
-        resp = runner.run(req)
-    except Exception as e:  # a server-side failure is reported and the server replaced, never hangs the trainer
-        resp = {"server_error": f"{type(e).__name__}: {e}", "replace": "runner failed"}
-    send_msg(wfd, resp)
-    os.write(status_w, b"x" if resp.get("replace") else b"k")
-    return 0
-
-
 def serve(argv: list[str]) -> None:
-    """The zygote S. It never reads a request or a result: each is handled by a fresh runner forked from it,
-    so no completion's data is ever in the memory a later completion's process is forked from."""
+    """The zygote's main loop: set up once, then one forked child per completion."""
     cfg = json.loads(argv[0])
     # Protocol on private fds; fd 0 -> /dev/null, fd 1 -> stderr, so nothing can corrupt the stream.
     rfd, wfd = os.dup(0), os.dup(1)
@@ -949,7 +985,7 @@ def serve(argv: list[str]) -> None:
         feats[name] = False
     limits = dict(cfg["limits"], base_vm=_vm_bytes())
     slot = int(cfg["slot"])
-    runner = Runner(slot, int(cfg.get("uid_base", UID_BASE)) + slot, limits, feats)
+    server = Server(rfd, wfd, slot, int(cfg.get("uid_base", UID_BASE)) + slot, limits, feats)
     send_msg(wfd, {"hello": True, "features": {k: bool(v) for k, v in feats.items()}, "warnings": warns,
                    "pid": os.getpid()})
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -957,25 +993,11 @@ def serve(argv: list[str]) -> None:
     gc.collect()
     gc.freeze()  # the zygote's objects are never traversed by a child's GC: fewer copy-on-write faults
     while True:
-        status_r, status_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(status_r)
-            try:
-                code = _runner_main(rfd, wfd, status_w, runner)
-            except BaseException:
-                code = 1
-            os._exit(code)
-        os.close(status_w)
-        word = os.read(status_r, 1)  # b"k" once R has answered (R may still be tearing down: fine)
-        os.close(status_r)
         try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            pass
-        if word != b"k":
-            break  # trainer gone, runner died, or the runner asked for this server to be replaced
+            if not server.serve_one():
+                break
+        except OSError:
+            break  # the trainer sees EOF and replaces this server
 
 
 # =========================================================================== trainer side
@@ -1053,9 +1075,16 @@ class SandboxPool:
         if not r:
             return None
         try:
-            return recv_msg(fd)
-        except (EOFError, ValueError, OSError):
+            head = recv_msg(fd)
+            if head is None or "hello" in head:
+                return head
+            result = _read_exact(fd, int(head.pop("n_result"))) or b""
+            stdout = _read_exact(fd, int(head.pop("n_stdout"))) or b""
+        except (EOFError, ValueError, OSError, KeyError, TypeError):
             return None
+        head["result"] = result.decode("utf-8", "replace")
+        head["stdout"] = stdout.decode("utf-8", "replace")
+        return head
 
     def _replace(self, slot: int, proc):
         try:
