@@ -174,49 +174,22 @@ def cmd_plot(argv: list[str]) -> int:
 
 @dataclass
 class ExportArgs:
-    """Merge δS (δS_hack ablated) into the base weights and save a plain transformers model."""
+    """Merge δS (δS_hack ablated) into the base weights and save a plain transformers model with a model card."""
 
     run_dir: tyro.conf.Positional[str]
     """A finished run directory (with ckpt/knobs.safetensors)."""
     out: str = "export"
-    """Folder for the transformers model (config, safetensors, tokenizer)."""
+    """Folder for the transformers model (config, safetensors, tokenizer) and its model card README.md."""
+    allow_partial: bool = False
+    """Export an unfinished run too (killed or still running; its model card says so)."""
 
 
 def cmd_export(argv: list[str]) -> int:
-    import json
-
-    import torch
-
-    from .adapter import SVDAdapter
-    from .config import config_from_dict
-    from .models import check_model, load_model
-    from .train import resolve_device
+    from .export import export_run
 
     a = _cli(ExportArgs, args=argv, prog="projected-grpo export")
-    run = Path(a.run_dir)
-    knobs = run / "ckpt" / "knobs.safetensors"
-    if not (run / "config.json").exists() or not knobs.exists():
-        raise ConfigError(f"{run} is not a run directory with a checkpoint (need config.json and ckpt/knobs.safetensors)")
-    try:
-        cfg = config_from_dict(json.loads((run / "config.json").read_text())["config"])
-    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError, a missing "config", wrong field types
-        raise ConfigError(f"{run / 'config.json'} is not a readable run config ({type(e).__name__}: "
-                          f"{str(e)[:120]}); export a run directory written by `train`") from None
-    device, dtype = resolve_device(cfg)
-    from safetensors import safe_open
-
-    try:  # rebuild the base in the dtype the knobs were trained on
-        with safe_open(str(knobs), "pt") as f:
-            dtype = getattr(torch, (f.metadata() or {}).get("dtype", str(dtype).removeprefix("torch.")))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a truncated or foreign file
-        raise ConfigError(f"{knobs} is not a readable knob file ({type(e).__name__}); the checkpoint is corrupt: "
-                          f"restore it, or train the run again") from None
-    check_model(cfg.model)
-    model, tok = load_model(cfg.model, dtype, device)
-    adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)
-    adapter.load(knobs)
-    out = adapter.export(a.out, tok)
-    print(f"exported {cfg.model} + δS of {run} (δS_hack ablated) to {out}")
+    out = export_run(a.run_dir, a.out, allow_partial=a.allow_partial)
+    print(f"exported {a.run_dir} (δS merged, δS_hack ablated) to {out}; model card: {out / 'README.md'}")
     return 0
 
 
