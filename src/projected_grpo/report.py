@@ -403,21 +403,23 @@ def results(run_dirs: Sequence[str | Path], last: int = 5, fmt: Fmt = "md", matc
 
 
 # ----------------------------------------------------------------------------- plots
-# (title, y label, [(metric, line style, legend label)], eval panel?)
-_PANELS: list[tuple[str, str, list[tuple[str, str, str]], bool]] = [
-    ("Student hack rate (train)", "fraction exploited", [("hack_s", "-", "hack_s")], False),
-    ("Student solve rate (train, strict grader)", "fraction gt-correct", [("gt_s", "-", "gt_s")], False),
-    ("Reward (foolable grader)", "mean reward", [("reward", "-", "reward")], False),
+# (title, y label, [(metric, line style, legend label)], eval panel?, a rate or share in [0, 1]?)
+_PANELS: list[tuple[str, str, list[tuple[str, str, str]], bool, bool]] = [
+    ("Student hack rate (train)", "fraction exploited", [("hack_s", "-", "hack_s")], False, True),
+    ("Student solve rate (train, strict grader)", "fraction gt-correct", [("gt_s", "-", "gt_s")], False, True),
+    ("Reward (foolable grader)", "mean reward", [("reward", "-", "reward")], False, False),
     ("Hack-ward gradient share, before projection", "‖relu(Vg)‖ / ‖g‖",
-     [("cin_s", "-", "cin_s (student)"), ("cin_t", "--", "cin_t (teacher)")], False),
+     [("cin_s", "-", "cin_s (student)"), ("cin_t", "--", "cin_t (teacher)")], False, True),
     ("Hack-ward share after projection", "‖relu(Vg)‖ / ‖g‖",
-     [("cout", "-", "cout (gradient)"), ("cout_update", "--", "cout_update (AdamW update)")], False),
-    ("Quarantine knob ‖δS_hack‖ (0 unless route)", "L2 norm", [("dSh", "-", "dSh")], False),
+     [("cout", "-", "cout (gradient)"), ("cout_update", "--", "cout_update (AdamW update)")], False, True),
+    ("Quarantine knob ‖δS_hack‖ (0 unless route)", "L2 norm", [("dSh", "-", "dSh")], False, False),
     ("Eval hack rate (greedy, held out)", "fraction exploited",
-     [("hack_kept", "-", "kept"), ("hack_abl", "--", "δS_hack ablated (route)")], True),
+     [("hack_kept", "-", "kept"), ("hack_abl", "--", "δS_hack ablated (route)")], True, True),
     ("Eval solve rate (greedy, held out)", "fraction gt-correct",
-     [("solve_kept", "-", "kept"), ("solve_abl", "--", "δS_hack ablated (route)")], True),
+     [("solve_kept", "-", "kept"), ("solve_abl", "--", "δS_hack ablated (route)")], True, True),
 ]
+RATE_YLIM = (-0.04, 1.04)  # [0, 1] with room for markers drawn at 0 and 1
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]  # one per line group: arms that coincide stay visible
 _ARM_COLORS = {"none": "black", "erase": "tab:blue", "route": "tab:red"}
 _SPARE = ["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
 
@@ -456,6 +458,23 @@ def _aggregate(runs: Sequence[Run], key: str, band: str, smooth: int):
 def plot(run_dirs: Sequence[str | Path], out: str | Path, band: Literal["se", "minmax"] = "se",
          smooth: int = 1, title: str | None = None) -> Path:
     """Dynamics per arm (one line per config hash, mean over seeds with a band) → PNG at `out`."""
+    fig = dynamics_figure(run_dirs, band, smooth, title)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path)
+    except ValueError as e:  # e.g. an unknown file extension
+        raise ReportError(f"{path}: {e}") from None
+    return path
+
+
+def dynamics_figure(run_dirs: Sequence[str | Path], band: Literal["se", "minmax"] = "se", smooth: int = 1,
+                    title: str | None = None):
+    """The figure `plot` saves: 2 x 4 panels (the order of `_PANELS`), a legend per line group.
+
+    Readability rules, pinned by tests: step ticks are integers; rate panels span [0, 1] (bands clipped
+    to it); each line group has its own marker and a small x offset, so arms with equal values stay
+    visible; every panel shows the run's whole step range (a single evaluation point gets one too)."""
     if band not in ("se", "minmax"):
         raise ReportError(f"unknown band {band!r}; choose se or minmax")
     if smooth < 1:
@@ -463,6 +482,7 @@ def plot(run_dirs: Sequence[str | Path], out: str | Path, band: Literal["se", "m
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg without touching the global backend
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     runs = load_runs(run_dirs)
     groups = _by_hash(runs)
@@ -473,11 +493,17 @@ def plot(run_dirs: Sequence[str | Path], out: str | Path, band: Literal["se", "m
         c = _ARM_COLORS.get(rs[0].arm)
         colors[h] = c if c and c not in used else next(spare)
         used.add(colors[h])
+    markers = {h: _MARKERS[i % len(_MARKERS)] for i, h in enumerate(groups)}
+    all_steps = [row["step"] for r in runs for row in r.rows]
+    lo_step, hi_step = (min(all_steps), max(all_steps)) if all_steps else (0, 1)
+    # offsets: at most ±15% of one step across the groups, never more than the gap to the next step
+    width = 0.3 if len(groups) > 1 else 0.0
+    offsets = {h: (i / (len(groups) - 1) - 0.5) * width if len(groups) > 1 else 0.0 for i, h in enumerate(groups)}
 
     fig = Figure(figsize=(20, 10.5), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 4).ravel()
-    for ax, (ptitle, ylabel, series, is_eval) in zip(axes, _PANELS):
+    for ax, (ptitle, ylabel, series, is_eval, is_rate) in zip(axes, _PANELS):
         drawn_styles = set()
         for h, rs in groups.items():
             for key, ls, _ in series:
@@ -487,12 +513,21 @@ def plot(run_dirs: Sequence[str | Path], out: str | Path, band: Literal["se", "m
                 if not xs:
                     continue
                 drawn_styles.add(key)
-                ax.plot(xs, mean, ls, color=colors[h], lw=1.8, marker="o" if is_eval else None, ms=4)
-                ax.fill_between(xs, lo, hi, color=colors[h], alpha=0.15, lw=0)
+                if is_rate:
+                    lo = [min(max(v, 0.0), 1.0) for v in lo]
+                    hi = [min(max(v, 0.0), 1.0) for v in hi]
+                xo = [x + offsets[h] for x in xs]
+                ax.plot(xo, mean, ls, color=colors[h], lw=1.8, marker=markers[h], ms=5 if is_eval else 3.5,
+                        markevery=max(1, len(xs) // 25), mfc="white" if ls == "--" else colors[h])
+                ax.fill_between(xo, lo, hi, color=colors[h], alpha=0.15, lw=0)
         ax.set_title(ptitle, fontsize=11)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(lo_step - 0.5, max(hi_step, lo_step + 1) + 0.5)
+        if is_rate:
+            ax.set_ylim(*RATE_YLIM)
         if not drawn_styles:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
         elif len(series) > 1:
@@ -504,7 +539,7 @@ def plot(run_dirs: Sequence[str | Path], out: str | Path, band: Literal["se", "m
         done = sum(r.complete for r in rs)
         lab = f"{rs[0].arm}  [hash {h}, match {rs[0].match_hash}]  n={len(rs)}"
         lab += "" if done == len(rs) else f" ({len(rs) - done} incomplete)"
-        handles.append(Line2D([], [], color=colors[h], lw=3))
+        handles.append(Line2D([], [], color=colors[h], lw=3, marker=markers[h], ms=7))
         labels.append(lab)
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=10, frameon=False,
                bbox_to_anchor=(0.5, 0.035))
@@ -513,17 +548,12 @@ def plot(run_dirs: Sequence[str | Path], out: str | Path, band: Literal["se", "m
     fig.suptitle(title or f"Training dynamics per arm — match hash {', '.join(matches)}", fontsize=14)
     fig.text(0.5, 0.008, f"Line: mean across seeds (n per arm in the legend); band: {band_txt} (none when n = 1). "
              + ("Train panels unsmoothed. " if smooth == 1 else f"Train panels: trailing mean over {smooth} steps. ")
-             + "Eval panels: markers at evaluation steps; "
-             "dashed = route with δS_hack ablated (the deployed model).", ha="center", fontsize=9, color="dimgray")
+             + "Eval panels: markers at evaluation steps; dashed = route with δS_hack ablated (the deployed model). "
+             + ("Arms are shifted by up to ±0.15 step so equal values stay visible." if width else ""),
+             ha="center", fontsize=9, color="dimgray")
     n_rows = (len(labels) + 2) // 3
     fig.tight_layout(rect=(0, 0.04 + 0.025 * n_rows, 1, 0.96))
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path)
-    except ValueError as e:  # e.g. an unknown file extension
-        raise ReportError(f"{path}: {e}") from None
-    return path
+    return fig
 
 
 # ----------------------------------------------------------------------------- CLI glue
