@@ -325,3 +325,353 @@ def test_legitimate_threads_subprocess_forks_and_imports_still_work():
         assert all(feats[k] for k in ("jail", "netns", "ipcns", "pidns", "seccomp", "root")), feats
         r = g.grade(ADD, f"x\n```python\n{prog}```", "exit_code")
     assert r.gt_correct and r.passed, r
+
+
+# =========================================================================== issue 22: the red-team classes
+# Each class has >= 2 programs of our own. They run in ONE grade_many batch on ONE server (workers=1, so in
+# order: an attacker is followed by the completions it tries to reach or spoil), interleaved with honest
+# lines that must still be graded correctly.
+def _secret_problem(tag: str) -> tuple[Problem, str]:
+    value = f"SBX{tag}-" + secrets.token_hex(8)
+    return Problem(id=f"secret_{tag}", question="Return the secret.", starter_code="class Solution:\n    def get(self):\n",
+                   method_name="get", setup_code="", tests=(TestCase("", repr(value)),),
+                   canonical_solution=f"class Solution:\n    def get(self):\n        return {value!r}\n",
+                   difficulty="easy", mode="run_tests"), value
+
+
+PREV, PREV_VALUE = _secret_problem("PREV")     # class 1: an earlier completion's outputs
+CANON, CANON_VALUE = _secret_problem("CANON")  # class 2: the canonical solution
+SHM_KEY = 0x5B0C0DE
+SETP = Problem(id="set3", question="Return {1, 2, 3}.", starter_code="class Solution:\n    def make(self):\n",
+               method_name="make", setup_code="", tests=(TestCase("", "{1, 2, 3}"),),
+               canonical_solution="class Solution:\n    def make(self):\n        return {1, 2, 3}\n", difficulty="easy",
+               mode="run_tests")
+
+
+def _scan_for(prefix: str) -> str:
+    """Candidate code: search gc objects, frames and readable memory of this process for `prefix` + 16 hex."""
+    return (
+        "import gc, re, sys\n"
+        "def _scan():\n"
+        f"    pat = re.compile(rb{prefix!r} + rb'[0-9a-f]{{16}}')\n"
+        "    for o in gc.get_objects():\n"
+        "        try:\n"
+        "            s = o if isinstance(o, (str, bytes)) else repr(o)\n"
+        "        except Exception:\n"
+        "            continue\n"
+        "        b = s.encode('latin1', 'replace') if isinstance(s, str) else s\n"
+        "        m = pat.search(b)\n"
+        "        if m:\n"
+        "            return m.group().decode()\n"
+        "    try:\n"
+        "        maps = open('/proc/self/maps').read().splitlines()\n"
+        "        mem = open('/proc/self/mem', 'rb', 0)\n"
+        "    except OSError:\n"
+        "        return None\n"
+        "    for ln in maps:\n"
+        "        a, b = (int(x, 16) for x in ln.split()[0].split('-'))\n"
+        "        if 'r' not in ln.split()[1] or b - a > 256 << 20:\n"
+        "            continue\n"
+        "        try:\n"
+        "            mem.seek(a)\n"
+        "            m = pat.search(mem.read(b - a))\n"
+        "        except (OSError, ValueError, OverflowError):\n"
+        "            continue\n"
+        "        if m:\n"
+        "            return m.group().decode()\n"
+        "    return None\n")
+
+
+_LIBC = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\n"
+
+
+def _red_team(tmp: str, sockets: list[str], abstract: str) -> list[tuple[str, Problem, str, bool]]:
+    """(name, problem, code, must_be_correct). must_be_correct=True marks the honest lines."""
+    add_ok = "class Solution:\n    def add(self, a, b):\n        return a + b\n"
+    thread_ok = ("import threading\nclass Solution:\n    def add(self, a, b):\n        out = []\n"
+                 "        t = threading.Thread(target=lambda: out.append(a + b))\n        t.start()\n        t.join()\n"
+                 "        return out[0]\n")
+    get_ = "class Solution:\n    def get(self):\n        return _scan()\n"
+
+    def add_if(cond_code: str) -> str:  # returns the right sum only if the attack worked
+        return cond_code + "\nclass Solution:\n    def add(self, a, b):\n        return a + b if WON else a - b - 1\n"
+    seq = [
+        # --- class 1: an earlier completion's data (the same problem graded right before, on the same server)
+        ("honest_prev_canonical", PREV, PREV.canonical_solution, True),
+        ("c1_scan_gc_and_memory", PREV, _scan_for("SBXPREV-") + get_, False),
+        ("honest_prev_canonical_again", PREV, PREV.canonical_solution, True),
+        ("c1_read_inherited_fds", PREV, "import os, re\ndef _scan():\n    for fd in range(64):\n        try:\n"
+                                        "            os.set_blocking(fd, False)\n            b = os.read(fd, 1 << 20)\n"
+                                        "        except OSError:\n            continue\n"
+                                        "        m = re.search(rb'SBXPREV-[0-9a-f]{16}', b)\n        if m:\n"
+                                        "            return m.group().decode()\n" + get_, False),
+        ("c1_environ_and_proc", PREV, "import os, re\ndef _scan():\n    for p in ['/proc/self/environ', '/proc/1/cmdline'] + "
+                                      "[f'/proc/{d}/environ' for d in os.listdir('/proc') if d.isdigit()]:\n        try:\n"
+                                      "            m = re.search(rb'SBXPREV-[0-9a-f]{16}', open(p, 'rb').read())\n"
+                                      "        except OSError:\n            continue\n        if m:\n"
+                                      "            return m.group().decode()\n" + get_, False),
+        # --- class 2: the canonical solution (its run_tests runs in the own-tests probe; it stashes what it finds)
+        ("c2_stash_canonical", CANON,
+         _scan_for("SBXCANON-") + _LIBC +
+         "class Solution:\n    def get(self):\n        return 'nope'\n\n"
+         "def run_tests():\n    s = _scan() or ''\n    r = Solution().get()\n    if isinstance(r, str) and r.startswith('SBXCANON-'):\n"
+         "        s = r\n    if s:\n        for p in ('/dev/shm/stash', '/tmp/stash'):\n            try:\n"
+         "                open(p, 'w').write(s)\n            except OSError:\n                pass\n"
+         f"        i = libc.shmget({SHM_KEY}, 4096, 0o1666)\n        if i >= 0:\n            a = libc.shmat(i, None, 0)\n"
+         "            if a not in (None, ctypes.c_void_p(-1).value):\n                ctypes.memmove(a, s.encode(), len(s))\n", False),
+        ("c2_read_stash", CANON,
+         _LIBC + "def _scan():\n    for p in ('/dev/shm/stash', '/tmp/stash'):\n        try:\n            return open(p).read()\n"
+         "        except OSError:\n            pass\n"
+         f"    i = libc.shmget({SHM_KEY}, 0, 0)\n    if i >= 0:\n        a = libc.shmat(i, None, 0)\n"
+         "        if a not in (None, ctypes.c_void_p(-1).value):\n            return ctypes.string_at(a, 25).decode('latin1')\n"
+         "    return None\n" + get_, False),
+        ("c2_tell_stub_from_canonical", CANON,
+         "class Solution:\n    def get(self):\n        return 'nope'\n\ndef run_tests():\n"
+         "    r = Solution().get()\n    assert r != 0  # fails the stub only: the flags are heuristics\n", False),
+        ("honest_canon_canonical", CANON, CANON.canonical_solution, True),
+        # --- class 3: IPC objects must not outlive a completion
+        ("c3_shm_hoard", ADD, _LIBC + "WON = False\nids = []\nfor k in range(64):\n"
+                                      f"    i = libc.shmget({SHM_KEY} + 1 + k, 60 << 20, 0o1600)\n    if i < 0:\n        break\n"
+                                      "    a = libc.shmat(i, None, 0)\n    if a in (None, ctypes.c_void_p(-1).value):\n        break\n"
+                                      "    ctypes.memset(a, 1, 60 << 20)\n    libc.shmdt(ctypes.c_void_p(a))\n    ids.append(i)\n"
+                                      "WON = len(ids) > 2  # more than the per-completion cap held at once\n"
+                                      "class Solution:\n    def add(self, a, b):\n        return a - b - 1\n", False),
+        ("c3_shm_survivor", ADD, add_if(_LIBC + f"WON = libc.shmget({SHM_KEY} + 1, 0, 0) >= 0 or libc.shmget({SHM_KEY}, 0, 0) >= 0\n"), False),
+        ("c3_mqueue_create", ADD, _LIBC + "libc.mq_open.restype = ctypes.c_int\n"
+                                          "libc.mq_open(b'/sbxq', 0o100 | 2, 0o666, None)\n"
+                                          "libc.msgget(0x5B0C, 0o1666)\nclass Solution:\n    def add(self, a, b):\n        return 0\n", False),
+        ("c3_mqueue_survivor", ADD, add_if(_LIBC + "libc.mq_open.restype = ctypes.c_int\n"
+                                                   "WON = libc.mq_open(b'/sbxq', 2) >= 0 or libc.msgget(0x5B0C, 0) >= 0\n"), False),
+        ("honest_after_ipc", ADD, add_ok, True),
+        # --- class 4: cleanup that could be poisoned or stalled
+        ("c4_deep_chain", ADD, "import os\nfor d in (os.getcwd(), '/dev/shm'):\n    try:\n        os.chdir(d)\n"
+                               "        for i in range(3000):\n            os.mkdir('d')\n            os.chdir('d')\n"
+                               "        os.chmod('.', 0)\n    except OSError:\n        pass\n"
+                               "class Solution:\n    def add(self, a, b):\n        return 0\n", False),
+        ("honest_after_chain", ADD, thread_ok, True),
+        ("c4_flood", ADD, "import os, time\nt = time.time()\nn = 0\nfor d in ('.', '/dev/shm'):\n"
+                          "    try:\n        while time.time() - t < 1.0:\n            os.mkdir(f'{d}/f{n}')\n"
+                          "            open(f'{d}/f{n}/x', 'w').write('x' * 4096)\n            n += 1\n    except OSError:\n        pass\n"
+                          "class Solution:\n    def add(self, a, b):\n        return -n\n", False),
+        ("c4_fill_tmpfs", ADD, "try:\n    with open('big', 'wb') as f:\n        for _ in range(200):\n            f.write(b'x' * (1 << 20))\n"
+                               "except OSError:\n    pass\nclass Solution:\n    def add(self, a, b):\n        return 0\n", False),
+        ("honest_after_flood", ADD, add_ok + "open('scratch', 'w').write('ok')\n", True),
+        # --- class 5: values meant to make the trainer side raise or stall
+        ("c5_deep_expression", ADD, "x = 0" + " + 1" * 3000 + "\nclass Solution:\n    def add(self, a, b):\n        return a - b\n"
+                                    "raise SystemExit(" + "0" + " + 0" * 3000 + ")\n", False),
+        ("c5_colliding_hash_set", SETP, "M = (1 << 61) - 1\nclass Solution:\n    def make(self):\n"
+                                        "        return {k * M for k in range(1, 60000)}\n", False),
+        ("c5_colliding_hash_set_of_3", SETP, "M = (1 << 61) - 1\nclass Solution:\n    def make(self):\n"
+                                             "        return {M, 2 * M, 3 * M}\n", False),
+        ("c5_forged_deep_json", ADD, "import os\nos.write(3, b'{\"r\": \"out\", \"i\": 0, \"v\": ' + b'[' * 100000 + b']' * 100000 + b'}\\n'"
+                                     " + b'{\"r\": \"done\"}\\n')\nos._exit(0)\n", False),
+        ("c5_forged_huge_json_int", ADD, "import os\nos.write(3, b'{\"r\": \"out\", \"i\": 0, \"v\": ' + b'7' * 200000 + b'}\\n{\"r\": \"done\"}\\n')\n"
+                                         "os._exit(0)\n", False),
+        ("honest_set", SETP, SETP.canonical_solution, True),
+        # --- class 6: host unix sockets
+        ("c6_pathname_sockets", ADD, add_if(
+            "import socket, os\nWON = False\ncands = " + repr(sockets) + "\n"
+            "for root in ('/run', '/var/run', '/tmp', '/var/tmp', '/dev/shm', '/root', '/work'):\n"
+            "    for dp, dn, fn in os.walk(root):\n        cands += [os.path.join(dp, f) for f in fn]\n"
+            "for p in cands:\n    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n    s.settimeout(0.2)\n"
+            "    try:\n        s.connect(p)\n        WON = True\n    except OSError:\n        pass\n    s.close()\n"), False),
+        ("c6_abstract_and_tcp", ADD, add_if(
+            "import socket\nWON = False\nfor fam, addr in ((socket.AF_UNIX, " + repr(abstract) + "), (socket.AF_INET, ('127.0.0.1', 22)),"
+            " (socket.AF_INET6, ('::1', 22))):\n    try:\n        s = socket.socket(fam, socket.SOCK_STREAM)\n        s.settimeout(0.2)\n"
+            "        s.connect(addr)\n        WON = True\n    except OSError:\n        pass\n"), False),
+        ("honest_last", ADD, add_ok, True),
+    ]
+    return seq
+
+
+@pytest.fixture(scope="module")
+def red(tmp_path_factory):
+    import socket
+    tmp = str(tmp_path_factory.mktemp("red"))
+    os.chmod(tmp, 0o777)
+    paths = [os.path.join(tmp, "host.sock"), f"/var/tmp/sbx-host-{secrets.token_hex(4)}.sock",
+             f"/tmp/sbx-host-{secrets.token_hex(4)}.sock"]
+    abstract = f"\0sbx-host-{secrets.token_hex(4)}"
+    listeners = []
+    for p in paths + [abstract]:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(p)
+        s.listen(8)
+        s.setblocking(False)
+        if not p.startswith("\0"):
+            os.chmod(p, 0o777)
+        listeners.append(s)
+    seq = _red_team(tmp, paths, abstract)
+    try:
+        with GraderPool(workers=1, timeout_s=3.0) as g:
+            pids = [p.pid for p in g.sandbox._procs.values()]
+            uids = (g.sandbox.uid_base, g.sandbox.uid_base + g.workers)
+            t0 = time.time()
+            rewards = g.grade_many([(p, f"x\n```python\n{c}\n```", "run_tests") for _, p, c, _ in seq])
+            elapsed = time.time() - t0
+            alive = all(os.path.exists(f"/proc/{p}") for p in pids)
+        time.sleep(0.2)
+        connected = []
+        for s in listeners:
+            try:
+                s.accept()
+                connected.append(s.getsockname())
+            except BlockingIOError:
+                pass
+        with open("/proc/sysvipc/shm") as f:
+            host_shm = f.read()
+        yield dict(seq=seq, rewards=dict(zip([n for n, *_ in seq], rewards)), elapsed=elapsed, alive=alive,
+                   leftovers=_sandbox_procs(*uids), connected=connected, host_shm=host_shm, tmp=tmp)
+    finally:
+        for s in listeners:
+            s.close()
+        for p in paths:
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+RED_NAMES = [n for n, *_ in _red_team("/x", [], "\0x")]
+
+
+def test_red_team_has_two_programs_per_class():
+    for c in range(1, 7):
+        assert sum(n.startswith(f"c{c}_") for n in RED_NAMES) >= 2, c
+
+
+@pytest.mark.parametrize("name", [n for n in RED_NAMES if not n.startswith("honest")])
+def test_red_team_oracle_not_fooled(red, name):
+    r = red["rewards"][name]
+    assert r.format_ok and r.gt_correct is False and r.error, (name, r)
+
+
+def test_red_team_honest_lines_graded_correctly_and_grader_alive(red):
+    for name, _, _, honest in red["seq"]:
+        if honest:
+            r = red["rewards"][name]
+            assert r.gt_correct and r.passed, (name, r)
+    assert red["alive"], "the sandbox server died"
+    assert red["elapsed"] < 60  # ~6 attackers can hit the 3 s wall clock; nothing stalls beyond it
+
+
+def test_red_team_leaves_nothing_on_the_host(red):
+    assert red["leftovers"] == []
+    assert red["connected"] == [], "a candidate reached a host socket"
+    assert f"{SHM_KEY:x}" not in red["host_shm"].lower() and str(SHM_KEY) not in red["host_shm"]
+    assert os.listdir(red["tmp"]) == [] or all(n.endswith(".sock") for n in os.listdir(red["tmp"]))
+    for p in ("/dev/shm/stash", "/tmp/stash", "/tmp/big", "/dev/mqueue/sbxq"):
+        assert not os.path.exists(p), p
+
+
+def test_red_team_heuristic_flags_are_evadable_but_reported(red):
+    # own_tests flags are heuristics: a run_tests() that tells the stand-in from a real answer evades them
+    r = red["rewards"]["c2_tell_stub_from_canonical"]
+    assert not r.gt_correct and r.exploit_code
+
+
+def test_trainer_side_values_are_bounded(red):
+    r = red["rewards"]
+    assert r["c5_colliding_hash_set"].error == "wrong answer on test 0"
+    assert r["c5_forged_deep_json"].error in ("malformed report", "missing outputs")
+    assert r["c5_forged_huge_json_int"].error in ("malformed report", "missing outputs")
+    assert r["c5_deep_expression"].error  # graded (a failure), not a crash
+
+
+def test_huge_int_on_a_float_tolerance_test_is_a_failure_not_an_exception():
+    he = {p.id: p for p in load_problems("humaneval")}
+    p = he["HumanEval_2"]
+    progs = ["class Solution:\n    def truncate_number(self, number):\n        return 10 ** 400\n",
+             "class Solution:\n    def truncate_number(self, number):\n        return float('inf')\n",
+             "def truncate_number(number):\n    return number % 1.0\n"]
+    with GraderPool(workers=1, timeout_s=3.0) as g:
+        rs = g.grade_many([(p, f"x\n```python\n{c}```", "eq_override") for c in progs])
+    assert not rs[0].gt_correct and not rs[0].passed and rs[0].error == "wrong answer on test 0"
+    assert not rs[1].gt_correct and not rs[1].passed
+    assert rs[2].gt_correct  # the other line of the same call
+
+
+def test_grade_command_writes_every_line_with_hostile_ones(tmp_path):
+    import json
+
+    from projected_grpo.env.commands import grade
+    lines = [{"problem_id": "add_two", "mode": "exit_code",
+              "completion": "x\n```python\nraise SystemExit(" + "0 + " * 3000 + "0)\n```"},
+             {"problem_id": "add_two", "mode": "exit_code", "completion": clean_completion(ADD)},
+             {"problem_id": "add_two", "mode": "sentinel", "completion": "x\n```python\nx = " + "(" * 150 + "1" + ")" * 150 + "\n```"}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    out = tmp_path / "out.jsonl"
+    assert grade("builtin", str(src), str(out), workers=1, timeout_s=3.0) in (0, 1)
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(got) == 3 and got[1]["gt_correct"] and not got[0]["gt_correct"] and not got[2]["gt_correct"]
+
+
+def test_pools_get_distinct_uids_and_one_pools_fork_storm_spares_the_other():
+    storm = ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
+    honest = ("import threading\nclass Solution:\n    def add(self, a, b):\n        out = []\n"
+              "        ts = [threading.Thread(target=lambda: out.append(a + b)) for _ in range(8)]\n"
+              "        [t.start() for t in ts]\n        [t.join() for t in ts]\n        return out[0]\n")
+    import threading
+    with GraderPool(workers=2, timeout_s=3.0) as a, GraderPool(workers=2, timeout_s=3.0) as b:
+        ra, rb = {}, {}
+        assert a.sandbox.uid_base != b.sandbox.uid_base
+        assert not set(range(a.sandbox.uid_base, a.sandbox.uid_base + 2)) & set(range(b.sandbox.uid_base, b.sandbox.uid_base + 2))
+        t = threading.Thread(target=lambda: ra.update(r=a.grade_many([(ADD, f"x\n```python\n{storm}```", "run_tests")] * 4)))
+        t.start()
+        time.sleep(0.3)
+        rb["r"] = b.grade_many([(ADD, f"x\n```python\n{honest}```", "run_tests")] * 6)
+        t.join()
+    assert all(r.gt_correct for r in rb["r"]), [r.error for r in rb["r"]]
+    assert not any(r.gt_correct for r in ra["r"])
+
+
+# =========================================================================== issue 18: ordinary paths, faults
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "leetcode_small.jsonl")
+
+
+@pytest.mark.parametrize("where", ["tmp", "cwd", "root"])
+def test_dataset_anywhere_grades_and_stays_hidden(where, tmp_path, monkeypatch):
+    """A dataset under /tmp, in the working directory or in / neither breaks grading (the jail has its own
+    /tmp) nor is readable by a candidate (the jail shows nothing of the host but the interpreter)."""
+    name = f"sbx-problems-{secrets.token_hex(4)}.jsonl"
+    if where == "tmp":
+        path = f"/tmp/{name}"
+    elif where == "cwd":
+        monkeypatch.chdir(tmp_path)
+        path = name
+    else:
+        path = f"/{name}"
+    with open(FIXTURE) as f, open(path, "w") as g:
+        g.write(f.read())
+    try:
+        probs = load_problems(f"leetcode:{path}")
+        absolute = os.path.abspath(path)
+        reader = (f"class Solution:\n    def {probs[0].method_name}(self, *a, **k):\n"
+                  f"        return open({absolute!r}).read()\n")
+        with GraderPool(workers=1, timeout_s=3.0) as g:
+            rs = g.grade_many([(p, clean_completion(p), "file_marker") for p in probs[:3]])
+            leak = g.grade(probs[0], f"x\n```python\n{reader}```", "file_marker")
+        assert rs and all(r.gt_correct and r.passed for r in rs), [r.error for r in rs]
+        assert not leak.gt_correct and ("No such file" in leak.error or "wrong answer" in leak.error), leak.error
+    finally:
+        os.unlink(path)
+
+
+def test_a_server_killed_mid_run_is_replaced_and_its_completion_fails_with_a_reason():
+    import signal
+    import threading
+    sleeper = "import time\ntime.sleep(30)\nclass Solution:\n    def add(self, a, b):\n        return a + b\n"
+    with GraderPool(workers=1, timeout_s=10.0) as g:
+        (old,) = [p.pid for p in g.sandbox._procs.values()]
+        box = {}
+        t = threading.Thread(target=lambda: box.update(r=g.grade(ADD, f"x\n```python\n{sleeper}```", "exit_code")))
+        t.start()
+        time.sleep(1.0)
+        os.kill(old, signal.SIGKILL)  # as the OOM killer would
+        t.join(timeout=60)
+        r = box["r"]
+        (new,) = [p.pid for p in g.sandbox._procs.values()]
+        after = g.grade_many([(ADD, clean_completion(ADD), m) for m in ("exit_code", "sentinel", "run_tests")])
+    assert not r.gt_correct and not r.passed and "died" in r.error, r
+    assert new != old and all(x.gt_correct and x.passed for x in after)
+    time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{old}") or open(f"/proc/{old}/stat").read().split()[2] == "Z"

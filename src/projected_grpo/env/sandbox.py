@@ -20,7 +20,7 @@ This file is stdlib-only and self-contained: the server is started by *path* wit
 imports the trainer's package (no torch, no CUDA state in a forked child).
 
 A request carries candidate code, setup code, the method name, the *argument sources* of the tests and the
-mode. Expected outputs are never sent; the canonical solution is only ever sent alone (the own-tests probe's
+probes to collect ("valid", "run_tests", "file": neither the jail nor the harness knows loophole modes). Expected outputs are never sent; the canonical solution is only ever sent alone (the own-tests probe's
 "canon" phase, which runs no candidate code). The trainer matches the candidate's serialised outputs with
 strict types (grader.py).
 """
@@ -629,11 +629,11 @@ def _harness(req: dict, res_fd: int) -> int:
         except BaseException as e:
             emit({"r": "err", "i": i, "e": short(e)})
             break  # stop at the first failing test
-    mode = req.get("mode")
+    probes = set(req.get("probes", ()))  # the request names the signals to collect; the harness knows no modes
     try:
-        if mode == "sentinel" and form is not None:
+        if "valid" in probes and form is not None:
             emit({"r": "valid", "v": sentinel_value(ns, form)})
-        elif mode == "run_tests" and RUN_TESTS in ns:
+        elif "run_tests" in probes and RUN_TESTS in ns:
             try:
                 ns[RUN_TESTS]()
                 emit({"r": "run_tests", "ok": True})
@@ -643,7 +643,7 @@ def _harness(req: dict, res_fd: int) -> int:
         return sysexit(e, "mode")
     except BaseException as e:
         emit({"r": "moderr", "e": short(e)})
-    if req.get("read_file"):  # file_marker: the result file as the run left it
+    if "file" in probes:  # the result file as the run left it
         try:
             emit({"r": "file", "v": _read_small(RESULT_FILE)})
         except BaseException:
