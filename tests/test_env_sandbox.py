@@ -459,8 +459,12 @@ def _red_team(tmp: str, sockets: list[str], abstract: str) -> list[tuple[str, Pr
         # --- class 5: values meant to make the trainer side raise or stall
         ("c5_deep_expression", ADD, "x = 0" + " + 1" * 3000 + "\nclass Solution:\n    def add(self, a, b):\n        return a - b\n"
                                     "raise SystemExit(" + "0" + " + 0" * 3000 + ")\n", False),
-        ("c5_colliding_hash_set", SETP, "M = (1 << 61) - 1\nclass Solution:\n    def make(self):\n"
-                                        "        return {k * M for k in range(1, 60000)}\n", False),
+        # 60,000 ints whose hashes all collide, forged straight onto the result pipe (building that set in the
+        # child would itself be quadratic): the old trainer rebuilt it as a set, O(n^2)
+        ("c5_colliding_hash_set", SETP, "import os\nM = (1 << 61) - 1\n"
+                                        "items = ','.join('{\"t\": \"int\", \"v\": \"%s\"}' % hex(k * M) for k in range(1, 60000))\n"
+                                        "os.write(3, ('{\"r\": \"out\", \"i\": 0, \"v\": {\"t\": \"set\", \"v\": [' + items + ']}}\\n"
+                                        "{\"r\": \"done\"}\\n').encode())\nos._exit(0)\n", False),
         ("c5_colliding_hash_set_of_3", SETP, "M = (1 << 61) - 1\nclass Solution:\n    def make(self):\n"
                                              "        return {M, 2 * M, 3 * M}\n", False),
         ("c5_forged_deep_json", ADD, "import os\nos.write(3, b'{\"r\": \"out\", \"i\": 0, \"v\": ' + b'[' * 100000 + b']' * 100000 + b'}\\n'"
