@@ -1,5 +1,8 @@
 """Sandbox throughput: completions graded per second (small programs, all tests of a completion in
-one sandboxed process). Usage: .venv/bin/python benchmarks/bench_sandbox.py [--n 3000] [--workers 0]"""
+one sandboxed process). Usage: .venv/bin/python benchmarks/bench_sandbox.py [--n 3000] [--workers 0]
+
+Prints the load average before and after: on a shared machine the figure is only comparable with one
+taken under similar load (run the before/after commits alternately)."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ def main(argv=None) -> int:
         else:
             items.append((p, hack_completion(p, LOOPHOLE_MODES[i % len(LOOPHOLE_MODES)], i)))
         i += 1
+    load0 = os.getloadavg()
     with GraderPool(args.workers) as g:
         g.grade_many(items[:100])  # warm-up
         t0 = time.perf_counter()
@@ -39,7 +43,8 @@ def main(argv=None) -> int:
     rate = len(items) / dt
     print(f"{len(items)} completions ({args.mix}, {args.dataset}) in {dt:.2f}s on {os.cpu_count()} cores, "
           f"{workers} sandbox workers: {rate:.0f} completions/s "
-          f"(gt_correct {sum(r.gt_correct for r in rewards)}, exploited {sum(r.exploited for r in rewards)})")
+          f"(gt_correct {sum(r.gt_correct for r in rewards)}, exploited {sum(r.exploited for r in rewards)}); "
+          f"load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -749,8 +749,8 @@ class Server:
         self.bufs = Buffers()
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY) if feats["pidns"] else None
 
-    def serve_one(self) -> bool:
-        """One completion. False when the server should exit (trainer gone, or it must be replaced)."""
+    def spawn(self) -> tuple:
+        """Fork the next completion's child (it sets up its jail, then waits for a request)."""
         status_r, status_w = os.pipe()
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -772,16 +772,32 @@ class Server:
             _check(_lib().setns(self.own_pidns, CLONE_NEWPID), "setns")
         for fd in (status_w, res_w, out_w):
             os.close(fd)
-        head = _read_upto(status_r, 9)  # blocks until the child has read a request (or died)
-        os.close(status_r)
-        t0 = time.monotonic()
-        if len(head) != 9 or head[:1] != b"S":
-            _kill(pid)
-            _, status = os.waitpid(pid, 0)
-            for fd in (res_r, out_r):
-                os.close(fd)
-            return False  # trainer gone (exit 10), or the child died around the request: be replaced
-        (timeout,) = struct.unpack("<d", head[1:])
+        return pid, status_r, res_r, out_r, wd
+
+    def loop(self) -> None:
+        """Serve until the trainer goes or this server must be replaced. The next child is forked as soon as
+        the current one has taken its request, before any of its results exist in this process, so its jail
+        set-up (milliseconds of namespace creation) overlaps the current run."""
+        child = self.spawn()
+        while True:
+            pid, status_r, res_r, out_r, wd = child
+            head = _read_upto(status_r, 9)  # blocks until the child has read a request (or died)
+            os.close(status_r)
+            t0 = time.monotonic()
+            if len(head) != 9 or head[:1] != b"S":
+                _kill(pid)
+                os.waitpid(pid, 0)
+                return  # trainer gone (exit 10), or the child died around the request: be replaced
+            early = self.feats["pidns"]  # without PID namespaces the reaper would take the next child too
+            if early:
+                child = self.spawn()
+            if not self.finish(pid, res_r, out_r, wd, struct.unpack("<d", head[1:])[0], t0):
+                return
+            if not early:
+                child = self.spawn()
+
+    def finish(self, pid: int, res_r: int, out_r: int, wd: str | None, timeout: float, t0: float) -> bool:
+        """Collect one running child, answer the trainer. False when this server must be replaced."""
         timed_out, overflow = self._collect(pid, res_r, out_r, t0 + timeout)
         _kill(pid)
         _, status = os.waitpid(pid, 0)  # init of the PID ns: reaped only after every process in it is gone
@@ -992,12 +1008,10 @@ def serve(argv: list[str]) -> None:
     import gc
     gc.collect()
     gc.freeze()  # the zygote's objects are never traversed by a child's GC: fewer copy-on-write faults
-    while True:
-        try:
-            if not server.serve_one():
-                break
-        except OSError:
-            break  # the trainer sees EOF and replaces this server
+    try:
+        server.loop()
+    except OSError:
+        pass  # the trainer sees EOF and replaces this server
 
 
 # =========================================================================== trainer side
