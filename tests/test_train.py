@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -278,3 +279,14 @@ def test_resume_of_a_path_without_a_run_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "typo").exists()  # nothing created
     (tmp_path / "empty").mkdir()
     assert "no run there" in _cli_error(capsys, "train", "--run-dir", str(tmp_path / "empty"), "--resume")
+
+
+def test_progress_names_every_setup_step_and_the_evaluation(tmp_path, capsys):
+    capsys.readouterr()
+    _train(tmp_path / "r", "--steps", "1", "--eval-problems", "2", "--eval-at-start", "--intervention", "route")
+    err = capsys.readouterr().err
+    for step in ("model load (tiny)", "SVD of the adapted layers", "teacher pool", "hack subspace V (real basis",
+                 "evaluation of the untrained model (2 problems"):
+        assert f"[route s0] {step}" in err, (step, err)
+        assert re.search(re.escape(step) + r"[^\n]*: done in \d+\.\d s", err), (step, err)
+    assert "evaluating 2 held-out problems (greedy)" in err  # the bar's status while the final evaluation runs

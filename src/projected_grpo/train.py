@@ -37,6 +37,7 @@ from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss,
 from .hack_subspace import HackBasis, extract_basis
 from .models import cache_dir, load_model
 from .preflight import check_checkpoint, preflight
+from .progress import Progress, eval_status
 from .projection import Projector, UpdateProjector
 from .rollout import generate
 from .tracking import make_tracker
@@ -272,8 +273,8 @@ class Setup:
     teacher_kinds: tuple[str, ...] = ()
 
 
-def setup(cfg: Config, device, dtype, progress=None) -> Setup:
-    note = progress or (lambda msg: None)
+def setup(cfg: Config, device, dtype, progress: Progress | None = None) -> Setup:
+    note = progress or Progress(None)
     if cfg.teacher_pool is not None and cfg.teacher_per_group > 0 and not Path(cfg.teacher_pool).exists():
         raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: no such file")  # before the slow model load
     try:
@@ -287,9 +288,10 @@ def setup(cfg: Config, device, dtype, progress=None) -> Setup:
 
         warnings.warn("--amp on a CPU without native bf16 (AVX512-BF16 or AMX): bf16 matmuls are emulated and may "
                       "be slower than fp32 here; --no-amp trains in fp32 (docs/PERF.md)", stacklevel=2)
-    note(f"loading model {cfg.model}")
-    model, tok = load_model(cfg.model, dtype, device)
-    adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)
+    with note.step(f"model load ({cfg.model})"):
+        model, tok = load_model(cfg.model, dtype, device)
+    with note.step("SVD of the adapted layers (cached after the first run)"):
+        adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)
     if cfg.grad_checkpointing:  # HF checkpoints only in train mode; dropout is 0 in these models
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
@@ -298,7 +300,8 @@ def setup(cfg: Config, device, dtype, progress=None) -> Setup:
                         format_bonus=cfg.format_bonus, pass_reward=cfg.pass_reward)
     pool = None
     if cfg.teacher_per_group > 0:
-        pool = teacher_pool(cfg, train_problems, grader, note)
+        with note.step("teacher pool"):
+            pool = teacher_pool(cfg, train_problems, grader, note)
         bare = [p.id for p in train_problems if not any(t.kind in cfg.teacher_kinds for t in pool.for_problem(p.id))]
         if bare:  # e.g. --teacher-kinds hack with --vhack-known-modes: the unknown modes' problems have no hack
             raise ConfigError(f"the teacher pool has no completion of kind(s) {list(cfg.teacher_kinds)} for "
@@ -434,13 +437,15 @@ def train(cfg: Config, quiet: bool = False) -> Path:
             if not quiet:
                 print(f"{run.path}: already complete")
             return run.path
-        s = setup(cfg, device, dtype, progress=None if quiet else (lambda m: print(f"[{cfg.arm} s{cfg.seed}] {m}")))
+        progress = Progress(None if quiet else f"[{cfg.arm} s{cfg.seed}]")
+        s = setup(cfg, device, dtype, progress=progress)
         s.run_path = run.path
         # a resumed run continues with the basis it had (it may have been refreshed mid-run)
         if state is not None:
             basis = HackBasis.load(run.ckpt / "vhack.safetensors")
         else:  # rank 0 extracts; every rank projects with the identical basis
-            basis = dist.broadcast(basis_for(cfg, s) if dist.is_main() else None)
+            with progress.step(f"hack subspace V ({cfg.vhack_source} basis, {len(s.pairs)} pairs)"):
+                basis = dist.broadcast(basis_for(cfg, s) if dist.is_main() else None)
         projector = Projector(s.adapter, basis.V, cfg.intervention, cfg.gate, cfg.overshoot, cfg.preserve_magnitude)
         update_proj = UpdateProjector(projector, cfg.project_update)
         opt = torch.optim.AdamW(s.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -457,7 +462,8 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         tracker = make_tracker(cfg.tracker if dist.is_main() else "none", run.path, cfg.to_dict())
         if cfg.eval_at_start and start == 0:  # the untrained model's numbers: a row at step 0
             if dist.is_main():
-                row0 = {"step": 0, **evaluate(cfg, s, route=cfg.intervention == "route")}
+                with progress.step(f"evaluation of the untrained model ({len(s.eval_problems)} problems, greedy)"):
+                    row0 = {"step": 0, **evaluate(cfg, s, route=cfg.intervention == "route")}
                 run.append_metrics(row0)
                 tracker.log(row0, 0)
             dist.barrier()
@@ -472,6 +478,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
                 projector.set_basis(basis.V)
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
                 if dist.is_main():
+                    eval_status(bar, len(s.eval_problems))
                     row.update(evaluate(cfg, s, route=cfg.intervention == "route"))
                 dist.barrier()
             if dist.is_main():
