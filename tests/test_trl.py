@@ -41,3 +41,21 @@ def test_grpo_trainer_two_steps_with_the_loophole_reward(tmp_path):
         assert all(ids[i] == m for i, m in zip(problem_id, mode))
         assert all(isinstance(c, list) and c[0]["role"] == "assistant" for c in completions)
     assert rf._pool is None  # the pool was closed with the context
+
+
+def test_readme_trl_example_runs(tmp_path, monkeypatch):
+    """The README's TRL example, as written except for the model (tiny instead of the embedded SmolLM2)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Use the environment from TRL", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'load_model("smollm2")' in code
+    monkeypatch.chdir(tmp_path)  # output_dir="runs/trl"
+    scope: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        exec(compile(code.replace('load_model("smollm2")', 'load_model("tiny")'), "README.md", "exec"), scope)
+    assert scope["trainer"].state.global_step == 2 and scope["reward"]._pool is None
+    assert scope["reward"].last_grades and hasattr(scope["reward"].last_grades[0], "exploited")
