@@ -32,7 +32,7 @@ def _harness(run: Path, prompts: list[str], ablate_hack: bool, zero: bool = Fals
 
 
 def test_exported_folder_generates_what_the_harness_deploys(tmp_path):
-    # a run directory as `train` leaves it (config.json, ckpt/knobs.safetensors), with knobs large enough that
+    # a finished run directory as `train` leaves it (config.json, ckpt/, summary.json), with knobs large enough that
     # δS and δS_hack each change the greedy text (a short real run barely moves them)
     run = tmp_path / "run"
     (run / "ckpt").mkdir(parents=True)
@@ -46,6 +46,8 @@ def test_exported_folder_generates_what_the_harness_deploys(tmp_path):
             m.delta_s.copy_(torch.randn(m.rank, generator=g) * 2.0)
             m.delta_s_hack.copy_(torch.randn(m.rank, generator=g) * 2.0)
     adapter.save(run / "ckpt" / "knobs.safetensors")
+    torch.save({"step": cfg.steps}, run / "ckpt" / "state.pt")  # finished: every planned step, a summary
+    (run / "summary.json").write_text("{}")
 
     out = tmp_path / "export"
     assert main(["export", str(run), "--out", str(out)]) == 0
