@@ -112,3 +112,14 @@ def test_names_alike_across_verbs(capsys):
         assert cli.main(["train", f"{flag}=x"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and "\n" not in err and hint in err
+
+
+def test_readme_explains_every_preset():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Presets"):]
+    section = section[: section.index("\n## ", 1)]
+    for name in PRESETS:
+        assert f"| `{name}` |" in section, name
+    assert "random-weight" in section and "rate is 0" in section and "n/a" in section  # smoke: plumbing only
