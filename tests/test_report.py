@@ -122,6 +122,8 @@ def test_per_run_and_grouped_means_and_se(sweep):
     erase0 = next(r for r in doc["runs"] if r["arm"] == "erase" and r["seed"] == 0)
     assert erase0["hack_s"] == pytest.approx(0.2) and erase0["gt_s"] == pytest.approx(0.25)
     assert erase0["cin_t"] is None and erase0["hack_kept"] is None and erase0["steps"] == "7/7"
+    assert erase0["last_n"] == 5  # the N actually averaged
+    assert js([sweep], last=50)["runs"][0]["last_n"] == 7  # a run with fewer steps: all of them, and it says so
     groups = {g["arm"]: g for g in doc["groups"]}
     assert set(groups) == {"none", "erase", "erase-random", "route"}
     g = groups["erase"]

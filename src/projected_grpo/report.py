@@ -231,13 +231,15 @@ def build_tables(runs: Sequence[Run], last: int = 5, matched_threshold: float = 
     notes = [n for r in runs for n in r.notes]
     ordered = sorted(runs, key=lambda r: (_arm_key(r), r.seed, str(r.path)))
 
-    per_run = Table("runs", f"Runs (means over the last {last} steps; eval = last evaluation)",
-                    ["run", "arm", "source", "seed", "steps", "status", "hash", "match_hash", *TRAIN_KEYS, *EVAL_KEYS])
+    per_run = Table("runs", f"Runs (training columns: means over the last {last} steps, all steps of a run with fewer: "
+                    f"last_n says how many; eval = last evaluation)",
+                    ["run", "arm", "source", "seed", "steps", "last_n", "status", "hash", "match_hash", *TRAIN_KEYS,
+                     *EVAL_KEYS])
     for r in ordered:
         planned = r.config.get("steps")
         done = sum(1 for row in r.rows if row["step"] > 0)  # step 0 = the untrained model's evaluation
         steps = f"{done}/{planned}" if planned is not None else str(done)
-        per_run.rows.append([r.name, r.arm, r.source, r.seed, steps, "done" if r.complete else "incomplete",
+        per_run.rows.append([r.name, r.arm, r.source, r.seed, steps, min(last, done), "done" if r.complete else "incomplete",
                              r.hash, r.match_hash, *(r.last_mean(k, last) for k in TRAIN_KEYS),
                              *(r.last_value(k) for k in EVAL_KEYS)])
 
