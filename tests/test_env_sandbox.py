@@ -162,6 +162,8 @@ def _hostile(tmp: str, secret_file: str) -> dict[str, tuple[Problem, str]]:
 
 
 def _sandbox_procs(lo: int = UID_BASE, hi: int = UID_BASE + UID_POOLS * UID_STRIDE) -> list[tuple[int, int]]:
+    """Live (non-zombie) processes with a candidate uid in [lo, hi). A zombie is dead already; one whose parent
+    died is reaped by the host's init, on its own schedule."""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -169,6 +171,8 @@ def _sandbox_procs(lo: int = UID_BASE, hi: int = UID_BASE + UID_POOLS * UID_STRI
         try:
             with open(f"/proc/{d}/status") as f:
                 for line in f:
+                    if line.startswith("State:") and line.split()[1] == "Z":
+                        break
                     if line.startswith("Uid:"):
                         uid = int(line.split()[1])
                         if lo <= uid < hi:
@@ -666,6 +670,7 @@ def test_a_server_killed_mid_run_is_replaced_and_its_completion_fails_with_a_rea
     sleeper = "import time\ntime.sleep(30)\nclass Solution:\n    def add(self, a, b):\n        return a + b\n"
     with GraderPool(workers=1, timeout_s=10.0) as g:
         (old,) = [p.pid for p in g.sandbox._procs.values()]
+        uids = (g.sandbox.uid_base, g.sandbox.uid_base + 1)
         box = {}
         t = threading.Thread(target=lambda: box.update(r=g.grade(ADD, f"x\n```python\n{sleeper}```", "exit_code")))
         t.start()
@@ -677,5 +682,25 @@ def test_a_server_killed_mid_run_is_replaced_and_its_completion_fails_with_a_rea
         after = g.grade_many([(ADD, clean_completion(ADD), m) for m in ("exit_code", "sentinel", "run_tests")])
     assert not r.gt_correct and not r.passed and "died" in r.error, r
     assert new != old and all(x.gt_correct and x.passed for x in after)
-    time.sleep(0.2)
+    time.sleep(0.5)
+    assert _sandbox_procs(*uids) == [], "the killed server's candidate outlived it"
     assert not os.path.exists(f"/proc/{old}") or open(f"/proc/{old}/stat").read().split()[2] == "Z"
+
+
+def test_memory_cgroup_bounds_the_whole_completion_and_is_removed():
+    """RLIMIT_AS is per process; the slot's memory cgroup bounds the sum over a completion's process tree,
+    tmpfs and shm pages included (limit = mem_mb + tmpfs/shm caps + slack)."""
+    hog = ("import os, time\nfor _ in range(12):\n    if os.fork() == 0:\n        b = bytearray(60 << 20)\n"
+           "        for i in range(0, len(b), 4096):\n            b[i] = 1\n        time.sleep(30)\n        os._exit(0)\n"
+           "open('/dev/shm/x', 'wb').write(b'x' * (60 << 20))\ntime.sleep(30)\n")
+    with GraderPool(workers=1, timeout_s=4.0, mem_mb=128) as g:
+        assert g.sandbox.features["memcg"]
+        (path,) = g.sandbox._memcg.values()
+        assert os.path.isdir(path)
+        r = g.grade(ADD, f"x\n```python\n{hog}```", "exit_code")
+        peak = int(open(os.path.join(path, "memory.max_usage_in_bytes")).read())
+        limit = int(open(os.path.join(path, "memory.limit_in_bytes")).read())
+        ok = g.grade(ADD, clean_completion(ADD), "exit_code")
+    assert not r.gt_correct and ok.gt_correct
+    assert peak <= limit < 12 * (60 << 20)  # twelve 60 MiB children would have needed more than the limit
+    assert not os.path.exists(path)

@@ -65,6 +65,8 @@ IPC_SYSCTLS = {            # per-IPC-namespace caps: at most ~64 MiB of SysV shm
     "kernel/shmmax": str(SHM_MB << 20), "kernel/shmall": str((SHM_MB << 20) // 4096), "kernel/shmmni": "16",
     "kernel/msgmni": "16", "fs/mqueue/queues_max": "8",
 }
+MEMCG_ROOT = "/sys/fs/cgroup/memory"   # cgroup v1 memory controller, when present
+MEMCG_SLACK_MB = 64                    # on top of the address-space limit and the tmpfs/shm caps
 OWN_CALLS_CAP, OWN_CALL_BYTES = 64, 65536   # own-tests probe: calls recorded, size of one call's arguments
 DEVICES = ("null", "zero", "random", "urandom")
 PREIMPORT = (
@@ -297,6 +299,38 @@ def build_jail(expose: list[str]) -> None:
                          ("stderr", "/proc/self/fd/2")):
         os.symlink(target, f"{root}/dev/{name}")
     _mount("none", root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+
+
+def memcg_path(uid: int) -> str | None:
+    """The memory cgroup of one slot: under the trainer's own memory cgroup, named by the slot's uid (unique
+    among live pools). None where there is no cgroup v1 memory controller."""
+    if not os.path.isdir(MEMCG_ROOT):
+        return None
+    parent = ""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, ctrl, path = line.rstrip("\n").split(":", 2)
+                if "memory" in ctrl.split(","):
+                    parent = path
+    except (OSError, ValueError):
+        pass
+    return os.path.join(MEMCG_ROOT + parent, f"projected_grpo.sbx.{uid}")
+
+
+def setup_memcg(uid: int, limit: int) -> str | None:
+    """Create (or reuse) the slot's memory cgroup with `limit` bytes: it covers everything a completion's
+    processes charge (heap, tmpfs pages, SysV shm), summed over the whole process tree."""
+    path = memcg_path(uid)
+    if path is None:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(limit))
+        return path
+    except OSError:
+        return None
 
 
 def setup_server(expose: list[str]) -> tuple[dict, list[str]]:
@@ -722,6 +756,7 @@ def _completion_child(rfd: int, status_w: int, res_w: int, out_w: int, wd: str |
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
+        _lib().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # the uid change cleared it: die with the server
         _lib().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         if feats.get("seccomp"):
             install_seccomp()
@@ -747,6 +782,10 @@ class Server:
     def __init__(self, rfd: int, wfd: int, slot: int, uid: int, limits: dict, feats: dict):
         self.rfd, self.wfd, self.slot, self.uid, self.limits, self.feats = rfd, wfd, slot, uid, limits, feats
         self.bufs = Buffers()
+        self.memcg = None
+        if feats["root"]:
+            limit = limits["mem_bytes"] + ((TMP_MB + 2 * SHM_MB + MEMCG_SLACK_MB) << 20)
+            self.memcg = setup_memcg(uid, limit)
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY) if feats["pidns"] else None
 
     def spawn(self) -> tuple:
@@ -772,6 +811,12 @@ class Server:
             _check(_lib().setns(self.own_pidns, CLONE_NEWPID), "setns")
         for fd in (status_w, res_w, out_w):
             os.close(fd)
+        if self.memcg:  # before the child has a request: everything it and its descendants charge counts
+            try:
+                with open(self.memcg + "/cgroup.procs", "w") as f:
+                    f.write(str(pid))
+            except OSError:
+                pass
         return pid, status_r, res_r, out_r, wd
 
     def loop(self) -> None:
@@ -1002,8 +1047,11 @@ def serve(argv: list[str]) -> None:
     limits = dict(cfg["limits"], base_vm=_vm_bytes())
     slot = int(cfg["slot"])
     server = Server(rfd, wfd, slot, int(cfg.get("uid_base", UID_BASE)) + slot, limits, feats)
+    if feats["root"] and not server.memcg:
+        warns.append("no memory cgroup: tmpfs and shm memory is bounded by their caps only, not by one total")
+    feats["memcg"] = bool(server.memcg)
     send_msg(wfd, {"hello": True, "features": {k: bool(v) for k, v in feats.items()}, "warnings": warns,
-                   "pid": os.getpid()})
+                   "pid": os.getpid(), "memcg": server.memcg})
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     import gc
     gc.collect()
@@ -1032,6 +1080,20 @@ def _acquire_uid_range():
     raise RuntimeError(f"more than {UID_POOLS} sandbox pools alive on this host")
 
 
+def _remove_memcg(path: str | None) -> None:
+    """Remove a slot's memory cgroup once its server is gone (its last child may take a moment to die)."""
+    if not path or not os.path.basename(path).startswith("projected_grpo.sbx."):
+        return
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)
+
+
 class SandboxPool:
     """Pre-started fork servers; `run(request)` is thread-safe and blocks until one is free."""
 
@@ -1043,6 +1105,7 @@ class SandboxPool:
             raise ValueError(f"at most {UID_STRIDE} sandbox workers per pool")
         self.closed = False
         self._procs: dict[int, object] = {}
+        self._memcg: dict[int, str | None] = {}
         self.uid_pool, self._uid_claim = _acquire_uid_range()
         self.uid_base = UID_BASE + self.uid_pool * UID_STRIDE
         self.cfg = {
@@ -1071,6 +1134,7 @@ class SandboxPool:
             proc.wait()
             raise RuntimeError("sandbox server failed to start")
         self.features = hello["features"]
+        self._memcg[slot] = hello.get("memcg")
         global _WARNED
         if hello["warnings"] and not _WARNED:
             _WARNED = True
@@ -1111,6 +1175,7 @@ class SandboxPool:
                 f.close()
             except OSError:
                 pass
+        _remove_memcg(self._memcg.pop(slot, None))
         return self._start(slot)
 
     def run(self, req: dict) -> dict:
@@ -1155,6 +1220,8 @@ class SandboxPool:
             except OSError:
                 pass
         self._procs.clear()
+        for path in getattr(self, "_memcg", {}).values():
+            _remove_memcg(path)
         claim = getattr(self, "_uid_claim", None)
         if claim is not None:
             claim.close()
