@@ -10,7 +10,7 @@ import pytest
 from projected_grpo.config import LOOPHOLE_MODES
 from projected_grpo.env import GraderPool, clean_completion, extract_code, hack_completion, load_problems
 from projected_grpo.env.grader import loose_match, strict_match, within_tolerance
-from projected_grpo.env.sandbox import _enc
+from projected_grpo.env.harness import _enc
 from projected_grpo.env.loopholes import exploit_code, stub_code
 
 PROBS = load_problems("builtin")

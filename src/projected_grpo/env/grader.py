@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from ..config import LOOPHOLE_MODES
 from . import loopholes
 from .problems import Problem, parse_expected
-from .sandbox import SandboxPool, _enc, canon_key
+from .harness import _enc, canon_key
+from .sandbox import SandboxPool
 
 
 @dataclass
@@ -53,7 +54,7 @@ def extract_code(completion: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- matching candidate outputs
-# Candidate outputs arrive as tagged JSON (sandbox._enc). They are never rebuilt into Python objects here:
+# Candidate outputs arrive as tagged JSON (harness._enc). They are never rebuilt into Python objects here:
 # each is walked alongside the (trusted) expected value, with an element budget; sets and dict keys are
 # matched through `canon_key` text (str hashing is randomised SipHash), never by hashing candidate values;
 # big ints are compared as hex text. So a hostile value costs at most O(budget) and never raises.
