@@ -13,8 +13,8 @@ Completions are plain strings or, for conversational datasets, lists of message 
 
 `RewardFunction` pays the mode's *foolable* grade (what a model can learn to hack); `reward.oracle` pays the
 strict oracle (the no-loophole baseline). Both grade in the same sandbox pool and share grades: listing
-both costs one sandbox run per completion, and with `reward_weights=[1, 0]` TRL logs the true solve rate
-as `rewards/oracle_reward/mean` beside the trained reward. No completion runs in this process.
+both costs one sandbox run per completion, and with `reward_weights=[1, 0]` TRL logs the oracle reward
+(`rewards/oracle_reward/mean`) beside the trained one. No completion runs in this process.
 """
 
 from __future__ import annotations
