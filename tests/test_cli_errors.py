@@ -100,7 +100,8 @@ CASES = [
      ["--vhack-known-modes", "among --modes"]),
     ("known-modes-not-trained", ["train", "--modes", "sentinel", "--vhack-known-modes", "sentinel", "run_tests"],
      None, ["run_tests", "add them to --modes"]),
-    ("teacher-kinds-unservable", ["train", "--teacher-kinds", "hack", "--vhack-known-modes", "run_tests"], None,
+    # a template pool holds hack, clean and wrong completions of every mode (LOMO restricts V only), never rollouts
+    ("teacher-kinds-unservable", ["train", "--teacher-kinds", "rollout"], None,
      ["--teacher-kinds", "--mix-ratio 0"]),
     ("amp-with-bf16", ["train", "--amp", "--dtype", "bfloat16"], None, ["--amp", "drop --amp"]),
     ("device-form", ["train", "--device", "tpu"], None, ["--device must be", "cuda:N"]),

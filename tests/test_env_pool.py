@@ -16,8 +16,7 @@ def setup():
     probs = load_problems("builtin", seed=0)
     with GraderPool(workers=2, timeout_s=2.0) as g:
         pool = build_teacher_pool(probs, g, per_problem=2, seed=0)
-        known = build_teacher_pool(probs, g, per_problem=1, known_modes=("sentinel", "exit_code"), seed=0)
-    return probs, pool, known
+    return probs, pool, None
 
 
 def test_pool_contents_and_frozen_grades(setup):
@@ -37,11 +36,21 @@ def test_pool_contents_and_frozen_grades(setup):
     assert pool.for_problem("nope") == []
 
 
-def test_known_modes_restrict_hacks(setup):
-    probs, _, known = setup
-    modes = {t.mode for t in known.items if t.kind == "hack"}
-    assert modes == {"sentinel", "exit_code"}
-    assert sum(t.kind == "clean" for t in known.items) == len(probs)
+def test_lomo_pool_keeps_every_modes_demonstrations(tmp_path):
+    """vhack_known_modes restricts V's pairs only: the held-out mode's hacks stay in the teacher pool."""
+    from projected_grpo.config import PRESETS
+    from projected_grpo.train import teacher_pool
+    import dataclasses
+
+    probs = load_problems("builtin", seed=0, modes=("sentinel", "exit_code"))
+    cfg = dataclasses.replace(PRESETS["smoke"], modes=("sentinel", "exit_code"), vhack_known_modes=("sentinel",),
+                              teacher_per_problem=1)
+    with GraderPool(workers=2, timeout_s=2.0) as g:
+        pool = teacher_pool(cfg, probs, g, lambda m: None)
+    hacks = {t.mode for t in pool.items if t.kind == "hack" and t.grade["exploited"]}
+    assert hacks == {"sentinel", "exit_code"}  # the held-out mode is still demonstrated
+    pairs = make_pairs(probs, 8, known_modes=cfg.vhack_known_modes)
+    assert {p.problem.mode for p in pairs} == {"sentinel"}  # V never sees it
 
 
 def test_save_load_roundtrip_and_errors(setup, tmp_path):

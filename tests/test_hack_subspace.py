@@ -1,7 +1,8 @@
 import torch
 
-from projected_grpo.hack_subspace import (HackBasis, bases_from_grads, extract_basis, global_floor,
-                                          orient, real_basis, top_axes)
+from projected_grpo.hack_subspace import (HackBasis, _captured, bases_from_grads, extract_basis, fit_capture,
+                                          global_floor, matched_basis, orient, principal_cosines, real_basis,
+                                          top_axes)
 
 
 def _planted(n_pairs=24, r=40, seed=0, noise=0.05):
@@ -45,7 +46,7 @@ def test_controls_matched_k_and_orthonormal():
         h, c, a, _ = _planted(seed=i)
         gh[name], gc[name], ga[name] = h["m"], c["m"], a["m"]
     real = bases_from_grads(gh, gc, ga, "real", 3, 0.2, 0.0, 0, {"m1": 40, "m2": 40})
-    for source in ("random", "shuffled", "nonhack"):
+    for source in ("random", "label_permuted", "matched_capture", "nonhack"):
         ctrl = bases_from_grads(gh, gc, ga, source, 3, 0.2, 0.0, 7, {"m1": 40, "m2": 40})
         assert ctrl.k == real.k, source
         for V in ctrl.V.values():
@@ -54,10 +55,50 @@ def test_controls_matched_k_and_orthonormal():
     _, _, _, u = _planted(seed=0)
     rnd = bases_from_grads(gh, gc, ga, "random", 3, 0.2, 0.0, 7, {"m1": 40, "m2": 40})
     assert float((rnd.V["m1"] @ u).abs().max()) < 0.8
-    # the shuffled control is seeded and differs between seeds
-    s1 = bases_from_grads(gh, gc, ga, "shuffled", 3, 0.2, 0.0, 1, {"m1": 40, "m2": 40})
-    s2 = bases_from_grads(gh, gc, ga, "shuffled", 3, 0.2, 0.0, 1, {"m1": 40, "m2": 40})
-    assert torch.equal(s1.V["m1"], s2.V["m1"])
+    # the label control is seeded: same seed, same basis; another seed, another basis
+    s1 = bases_from_grads(gh, gc, ga, "label_permuted", 3, 0.2, 0.0, 1, {"m1": 40, "m2": 40})
+    s2 = bases_from_grads(gh, gc, ga, "label_permuted", 3, 0.2, 0.0, 1, {"m1": 40, "m2": 40})
+    s3 = bases_from_grads(gh, gc, ga, "label_permuted", 3, 0.2, 0.0, 2, {"m1": 40, "m2": 40})
+    assert torch.equal(s1.V["m1"], s2.V["m1"]) and not torch.equal(s1.V["m1"], s3.V["m1"])
+
+
+def test_label_permuted_carries_no_label():
+    """On a planted hack direction u: real V finds u; the old sign-flip control spans the same subspace
+    (cosine 1: no control); the label-permuted pairs give a basis at a large principal angle to real V."""
+    for seed in range(4):
+        gh, gc, ga, u = _planted(seed=seed)
+        real = bases_from_grads(gh, gc, ga, "real", 1, 0.0, 0.0, seed, {"m": 40})
+        perm = bases_from_grads(gh, gc, ga, "label_permuted", 1, 0.0, 0.0, seed, {"m": 40})
+        sign = torch.ones(24)
+        sign[::2] = -1.0
+        flipped = matched_basis({"m": (gh["m"] - gc["m"]) * sign[:, None]}, real)
+        assert float(real.V["m"][0] @ u) > 0.95
+        assert float(principal_cosines(flipped.V["m"], real.V["m"])[0]) > 0.999  # the old `shuffled`
+        cos = float(principal_cosines(perm.V["m"], real.V["m"])[0])
+        assert cos < 0.7, (seed, cos)  # principal angle > 45 degrees
+
+
+def test_matched_capture_matches_real_capture():
+    gh, gc, ga = {}, {}, {}
+    for i, name in enumerate(["m1", "m2"]):
+        h, c, a, _ = _planted(seed=i)
+        gh[name], gc[name], ga[name] = h["m"], c["m"], a["m"]
+    ranks = {"m1": 40, "m2": 40}
+    real = bases_from_grads(gh, gc, ga, "real", 3, 0.0, 0.0, 0, ranks)
+    gen = torch.Generator().manual_seed(5)
+    for strength in (0.3, 3.0, 30.0):  # real V captures little ... almost all of the step-1 gradient
+        grads = {n: strength * (gh[n] - gc[n]).mean(0) + torch.randn(40, generator=gen) for n in gh}
+        grads["other"] = torch.randn(10, generator=gen)  # a module without a basis: in the denominator only
+        basis = bases_from_grads(gh, gc, ga, "matched_capture", 3, 0.0, 0.0, 0, ranks)
+        assert basis.meta["capture_fitted"] is False
+        fit = fit_capture(basis, grads)
+        target = _captured(real.V, grads)
+        assert abs(fit["capture_target"] - target) < 1e-6
+        assert fit["capture_matched"] and abs(fit["capture"] - target) <= 0.1 * target, (strength, fit)
+        assert abs(_captured(basis.V, grads) - fit["capture"]) < 1e-6  # the basis was changed in place
+        assert basis.k == real.k and basis.meta["capture_fitted"] is True
+        for V in basis.V.values():
+            assert torch.allclose(V @ V.T, torch.eye(V.shape[0]), atol=1e-5)
 
 
 def test_extract_on_tiny_model_cache_and_save(tiny_adapter, tmp_path):

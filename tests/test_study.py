@@ -30,8 +30,8 @@ def test_data_seed_is_the_trainers():
 def test_default_plan_counts_and_shared_runs(tmp_path):
     plan = study.make_plan("smoke", (0, 1, 2), {}, tmp_path)
     per_q = {q: len({j.name for c in plan.cells_of(q) for j in c.jobs}) for q in plan.questions}
-    assert per_q == {"headline": 9, "controls": 15, "no_teacher": 9, "lomo": 6 * 9, "update": 9}
-    assert len(plan.jobs) == 9 + 9 + 9 + 54 + 3  # shared configs run once
+    assert per_q == {"headline": 9, "controls": 3 * 11, "no_teacher": 9, "lomo": 6 * 9, "update": 9}
+    assert len(plan.jobs) == 9 + 3 * 8 + 9 + 54 + 3  # shared configs run once
     keys = [(j.hash, j.seed) for j in plan.jobs.values()]
     assert len(keys) == len(set(keys))  # never the same config + seed twice
     van = {c.question: c.jobs for c in plan.cells if c.label == "vanilla"}
@@ -149,7 +149,9 @@ def test_readings_yes_when_real_v_clearly_wins(tmp_path):
     sections, notes = study.build(plan, last=5, threshold=0.1)
     r = _readings(sections)
     assert set(r.values()) == {"yes"}, r
-    assert r["controls: real V beats all controls on Δhack by more than 2 SE"] == "yes"
+    assert r["controls: erase: real V beats all controls on Δhack by more than 2 SE"] == "yes"
+    assert r["controls: route (deployed): real V beats all controls on Δhack by more than 2 SE"] == "yes"
+    assert r["controls: route (deployed): real V beats label_permuted V on hack by more than 2 SE"] == "yes"
     assert r["no_teacher: the effect survives without the teacher pool (erase, mix_ratio = 0)"] == "yes"
     assert r["lomo: real V beats random V on held-out mode run_tests"] == "yes"
     assert r["lomo: real V beats random V on held-out mode sentinel"] == "yes"
@@ -174,7 +176,8 @@ def test_readings_no_when_nothing_differs(tmp_path):
     _write_runs(plan, "null")
     r = _readings(study.build(plan, last=5, threshold=0.1)[0])
     assert r["headline: erase reduces hack vs vanilla by more than 2 SE at matched solve"] == "no"
-    assert r["controls: real V beats all controls on Δhack by more than 2 SE"] == "no"
+    assert r["controls: erase: real V beats all controls on Δhack by more than 2 SE"] == "no"
+    assert r["controls: route (deployed): real V beats all controls on Δhack by more than 2 SE"] == "no"
     assert r["no_teacher: the effect survives without the teacher pool (erase, mix_ratio = 0)"] == "no"
     assert r["lomo: real V beats random V on held-out mode run_tests"] == "no"
     assert r["update: update-space erase has lower hack than gradient-space erase by more than 2 SE"] == "no"
@@ -218,7 +221,7 @@ def test_smoke_study_end_to_end_then_idempotent(tmp_path, capsys):
             "--set", "modes=run_tests,sentinel", "--holdout", "sentinel"]
     assert main(argv) == 0, capsys.readouterr()
     text = capsys.readouterr().out
-    n = 3 + 3 + 3 + 3 + 1  # headline, controls (+3), no_teacher (+3), one lomo fold (+3), update (+1) configs
+    n = 3 + 8 + 3 + 3 + 1  # headline, controls (+8), no_teacher (+3), one lomo fold (+3), update (+1) configs
     assert f"{2 * n} done, 0 resumed, 0 skipped, 0 failed" in text
     md = (out / "study.md").read_text()
     for q in study.QUESTIONS:
@@ -228,8 +231,11 @@ def test_smoke_study_end_to_end_then_idempotent(tmp_path, capsys):
     assert set(doc["sections"]) == set(study.QUESTIONS)
     assert [r[0] for r in doc["sections"]["headline"]["rows"]] == ["vanilla", "erase", "route",
                                                                    "route (δS_hack ablated)"]
-    assert [r[0] for r in doc["sections"]["controls"]["rows"]] == ["vanilla", "erase (real V)", "erase-random",
-                                                                   "erase-shuffled", "erase-nonhack"]
+    ctl = [f"{a}-{s}" for a in ("erase", "route") for s in study.CONTROLS]
+    abl = " (δS_hack ablated)"
+    assert [r[0] for r in doc["sections"]["controls"]["rows"]] == [
+        "vanilla", "erase (real V)", "route (real V)", "route (real V)" + abl, *ctl[:4],
+        *[x for c in ctl[4:] for x in (c, c + abl)]]
     assert [r[0] for r in doc["sections"]["lomo"]["rows"]] == ["sentinel"]
     assert all(r["verdict"] in ("yes", "no", "n/a") for s in doc["sections"].values() for r in s["readings"])
     for png in ("headline", "controls", "no_teacher", "update", "lomo"):

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from projected_grpo.cli import main
+from projected_grpo.hack_subspace import HackBasis
 
 CONTRACT = ("step reward hack_s gt_s hack_t gt_t frac_zero_var frac_truncated loss kl gn cin_s cin_t cin cout "
             "cout_update fired dS dSh step_time_s gen_time_s grade_time_s tokens_per_s").split()
@@ -54,11 +55,16 @@ def test_arms_metrics_contract(arm, tmp_path):
     assert summary["arm"] == arm and "final_eval" in summary
 
 
-@pytest.mark.parametrize("source", ["random", "shuffled", "nonhack"])
+@pytest.mark.parametrize("source", ["random", "label_permuted", "matched_capture", "nonhack"])
 def test_control_bases(source, tmp_path):
     rows = _train(tmp_path / source, "--intervention", "erase", "--vhack-source", source, "--steps", "2")
     assert len(rows) == 2 and all(r["dSh"] == 0 for r in rows)
     assert json.loads((tmp_path / source / "config.json").read_text())["arm"] == f"erase-{source}"
+    if source == "matched_capture":  # fitted at step 1 to real V's captured share, then kept (checkpoint)
+        fit = rows[0]
+        assert fit["capture_matched"] and abs(fit["capture"] - fit["capture_target"]) <= 0.1 * fit["capture_target"]
+        assert abs(fit["cin"] - fit["capture"]) < 1e-4 and "capture" not in rows[1]  # the projector used the fit
+        assert HackBasis.load(tmp_path / source / "vhack.safetensors").meta["capture_fitted"] is True
 
 
 def test_basis_refresh_logs_overlap_and_pure_on_policy_runs(tmp_path):
@@ -225,9 +231,9 @@ def test_bad_config_values_one_line_errors(tmp_path, capsys):
     assert "preset" in _cli_error(capsys, "train", "--preset", "nope")
     assert "dataset" in _cli_error(capsys, "train", "--dataset", "leetcode:/no/such.jsonl",
                                    "--run-dir", str(tmp_path / "r2"))
-    # only hacks may enter a group, but the unknown modes' problems have none: refused before step 1
-    assert "--teacher-kinds" in _cli_error(capsys, "train", "--teacher-kinds", "hack", "--vhack-known-modes",
-                                           "run_tests", "--run-dir", str(tmp_path / "r3"))
+    # only real rollouts may enter a group, but a template pool has none: refused before step 1
+    assert "--teacher-kinds" in _cli_error(capsys, "train", "--teacher-kinds", "rollout", "--run-dir",
+                                           str(tmp_path / "r3"))
     assert "--amp" in _cli_error(capsys, "train", "--amp", "--dtype", "bfloat16")
     _cli_error(capsys, "frobnicate")
 

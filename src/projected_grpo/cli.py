@@ -207,7 +207,7 @@ class SweepArgs:
     arms: Annotated[tuple[str, ...] | None, _computed("ARM [ARM ...]", ("--intervention",))] = None
     """Interventions none erase route, space- or comma-separated (default: all three)."""
     sources: Annotated[tuple[str, ...] | None, _computed("SOURCE [SOURCE ...]", ("--vhack-source",))] = None
-    """vhack sources: real and/or the controls random shuffled nonhack (default real)."""
+    """vhack sources: real and/or the controls random label_permuted matched_capture nonhack (default real)."""
     seeds: Annotated[tuple[int, ...] | None, _computed("N [N ...]", ("--seed",))] = None
     """Seeds, space- or comma-separated (default 0)."""
     set: tyro.conf.UseAppendAction[list[str]] = dataclasses.field(default_factory=list)

@@ -20,7 +20,7 @@ from typing import Literal
 from .errors import UserError
 
 Intervention = Literal["none", "erase", "route"]
-VhackSource = Literal["real", "random", "shuffled", "nonhack"]
+VhackSource = Literal["real", "random", "label_permuted", "matched_capture", "nonhack"]
 Gate = Literal["one_sided", "no_gate", "reverse"]
 LOOPHOLE_MODES = ("run_tests", "sentinel", "stdout_marker", "file_marker", "eq_override", "exit_code")
 
@@ -115,7 +115,9 @@ class Config:
     intervention: Intervention = "none"
     """`none` (measure only), `erase` (drop the hack-ward gradient), `route` (send it to δS_hack)."""
     vhack_source: VhackSource = "real"
-    """Basis: `real`, or a negative control `random`, `shuffled`, `nonhack`."""
+    """Basis: `real`, or a negative control `random`, `label_permuted` (hack/clean members re-drawn from the pooled
+    completions: no label), `matched_capture` (label-free, fitted at step 1 to capture real V's share of the
+    gradient), `nonhack` (clean vs clean). k matched per module to real V."""
     vhack_k: int = 4
     """Top-k axes per module."""
     vhack_pairs: int = 16
@@ -125,7 +127,7 @@ class Config:
     vhack_quantile: float = 0.0
     """Global floor: drop axes below this quantile of all singular values (0 = off)."""
     vhack_known_modes: tuple[str, ...] | None = None
-    """Extract V (and build the teacher pool) only from these modes: the weak-detector setting."""
+    """Extract V only from pairs of these modes (the weak-detector setting); the teacher pool keeps every mode."""
     vhack_refresh_every: int = 0
     """Re-extract V against the current model every N steps (0 = never)."""
     gate: Gate = "one_sided"
@@ -246,12 +248,14 @@ class Config:
             if extra := [m for m in self.vhack_known_modes if m not in trained]:
                 bad(f"--vhack-known-modes {extra} are not trained (--modes {list(trained)}); drop them or add them to --modes")
         if self.teacher_per_group > 0 and self.teacher_pool is None and not set(self.teacher_kinds) & {"clean", "wrong"}:
-            # a template pool holds hacks of known modes only, clean and wrong attempts, never rollouts
-            unknown = [m for m in trained if self.vhack_known_modes is not None and m not in self.vhack_known_modes]
-            if "hack" not in self.teacher_kinds or unknown:
+            # a template pool holds hacks of every mode, clean and wrong attempts, never rollouts
+            if "hack" not in self.teacher_kinds:
                 bad(f"the teacher pool built from templates has no completion of kind(s) {list(self.teacher_kinds)} for "
-                    f"the problems of mode(s) {unknown or list(trained)}; add a kind to --teacher-kinds (e.g. wrong), "
+                    f"the problems of mode(s) {list(trained)}; add a kind to --teacher-kinds (e.g. wrong), "
                     f"give --teacher-pool FILE or set --mix-ratio 0")
+        if self.vhack_source == "matched_capture" and self.vhack_refresh_every:
+            bad("--vhack-source matched_capture is fitted once, to the step-1 gradient; it cannot be refreshed "
+                "(--vhack-refresh-every 0)")
         if self.teacher_per_group > 0 and self.teacher_per_problem <= 0 and self.teacher_pool is None:
             bad("mix_ratio > 0 needs a teacher pool: set --teacher-per-problem > 0 or --teacher-pool FILE")
         return self

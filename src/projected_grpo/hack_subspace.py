@@ -10,8 +10,16 @@ The completion NLL uses the live loss's normalisation (``fixed`` by default: Σ_
 else V would be biased toward long completions. Per-completion gradients come from one batched
 backward via the adapter's per-row capture (mathematically the isolated backward of each row).
 
-Negative controls, k matched per module to the real basis: ``random`` (orthonormal Gaussian),
-``shuffled`` (hack/clean swapped on a random half of pairs), ``nonhack`` (clean vs a second clean).
+Negative controls, k matched per module to the real basis:
+  - ``random``: orthonormal Gaussian directions;
+  - ``label_permuted``: the 2n hack and clean completions pooled, then re-split at random into n
+    "hack" and n "clean" members, so a pair's difference carries no hack label (flipping the sign of
+    real pair rows, the old ``shuffled`` control, leaves the SVD subspace unchanged: it was real V);
+  - ``matched_capture``: label-free, fitted at step 1 to capture the share of the live gradient that
+    real V captures (``fit_capture``): top principal directions of the pooled per-completion gradients
+    (no labels), tilted toward random directions or toward the step-1 gradient until the one-sided
+    captured share matches real V's;
+  - ``nonhack``: clean vs a second clean completion.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from safetensors.torch import save_file
 from .adapter import SVDAdapter
 from .grpo import completion_logprobs, encode_completion, make_batch, row_weights
 
-SOURCES = ("real", "random", "shuffled", "nonhack")
+SOURCES = ("real", "random", "label_permuted", "matched_capture", "nonhack")
+CAPTURE_TOL = 0.10  # matched_capture: |captured share − real V's| ≤ 10 % of real V's
 
 
 @dataclass
@@ -39,6 +48,7 @@ class HackBasis:
     V: dict[str, torch.Tensor]
     S: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
+    aux: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # kind -> module -> (k, r): fit inputs
 
     @property
     def k(self) -> dict[str, int]:
@@ -51,8 +61,11 @@ class HackBasis:
     def save(self, path: str | Path) -> None:
         tensors = {}
         for n in self.V:
-            tensors[f"{n}::V"] = self.V[n].float().cpu().contiguous()
+            tensors[f"{n}::V"] = self.V[n].float().cpu().clone().contiguous()
             tensors[f"{n}::S"] = self.S[n].float().cpu().contiguous()
+        for kind, per in self.aux.items():
+            for n, t in per.items():
+                tensors[f"{n}::{kind}"] = t.float().cpu().clone().contiguous()  # may alias V
         path = Path(path)
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # concurrent writers never share a tmp file
         save_file(tensors, tmp, metadata={"meta": json.dumps(self.meta, sort_keys=True)})
@@ -60,13 +73,13 @@ class HackBasis:
 
     @classmethod
     def load(cls, path: str | Path) -> "HackBasis":
-        V, S = {}, {}
+        V, S, aux = {}, {}, {}
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("meta", "{}"))
             for key in f.keys():
                 name, _, kind = key.rpartition("::")
-                (V if kind == "V" else S)[name] = f.get_tensor(key)
-        return cls(V, S, meta)
+                (V if kind == "V" else S if kind == "S" else aux.setdefault(kind, {}))[name] = f.get_tensor(key)
+        return cls(V, S, meta, aux)
 
     def overlap(self, other: "HackBasis") -> float | None:
         """Mean over shared modules of ‖V_a V_bᵀ‖_F² / min(k_a, k_b): 1 = same subspace, 0 = orthogonal."""
@@ -162,6 +175,27 @@ def random_basis(like: HackBasis, ranks: dict[str, int], seed: int) -> HackBasis
     return HackBasis(V, S)
 
 
+def permuted_pairs(g_hack: dict[str, torch.Tensor], g_clean: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """The label control's pair rows: the 2n completions pooled and re-split at random into n "hack"
+    and n "clean" members (one permutation for every module), D = g[first half] − g[second half] (n, r)."""
+    n = next(iter(g_hack.values())).shape[0]
+    perm = torch.randperm(2 * n, generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for m in g_hack:
+        pooled = torch.cat([g_hack[m], g_clean[m]])  # (2n, r)
+        out[m] = pooled[perm[:n]] - pooled[perm[n:]]
+    return out
+
+
+def principal_basis(g_hack: dict[str, torch.Tensor], g_clean: dict[str, torch.Tensor], like: HackBasis) -> HackBasis:
+    """Top-k_m principal directions of the pooled, centred per-completion gradients: no labels used."""
+    pooled = {}
+    for m in like.V:
+        x = torch.cat([g_hack[m], g_clean[m]])
+        pooled[m] = x - x.mean(0, keepdim=True)
+    return matched_basis(pooled, like)
+
+
 def bases_from_grads(g_hack, g_clean, g_alt, source: str, k: int, tau: float, quantile: float, seed: int,
                      ranks: dict[str, int]) -> HackBasis:
     """The basis for ``source``; controls get the real basis's k per module."""
@@ -170,16 +204,91 @@ def bases_from_grads(g_hack, g_clean, g_alt, source: str, k: int, tau: float, qu
         return real
     if source == "random":
         return random_basis(real, ranks, seed)
-    if source == "shuffled":
-        gen = torch.Generator().manual_seed(seed)
-        n_pairs = next(iter(g_hack.values())).shape[0]
-        flip = torch.randperm(n_pairs, generator=gen)[: n_pairs // 2]
-        sign = torch.ones(n_pairs)
-        sign[flip] = -1.0
-        return matched_basis({n: (g_hack[n] - g_clean[n]) * sign[:, None] for n in g_hack}, real)
+    if source == "label_permuted":
+        return matched_basis(permuted_pairs(g_hack, g_clean, seed), real)
+    if source == "matched_capture":  # principal directions until fit_capture sees the step-1 gradient
+        basis = principal_basis(g_hack, g_clean, real)
+        basis.aux = {"Vreal": real.V, "Vpc": dict(basis.V), "Vrand": random_basis(real, ranks, seed).V}
+        basis.meta = {"capture_fitted": False}
+        return basis
     if source == "nonhack":
         return matched_basis({n: g_clean[n] - g_alt[n] for n in g_clean}, real)
     raise ValueError(f"unknown vhack source {source!r}; choose from {SOURCES}")
+
+
+# ---------------------------------------------------------------------------- matched capture
+def _orth(M: torch.Tensor) -> torch.Tensor:
+    """Orthonormal rows spanning the rows of M (k, r)."""
+    q, _ = torch.linalg.qr(M.double().T)
+    return q.T.float().contiguous()
+
+
+def _captured(V: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], one_sided: bool = True) -> float:
+    """Σ‖relu(V g)‖² / Σ‖g‖², square-rooted (the projector's ``cin``); two-sided: ‖V g‖."""
+    num = den = 0.0
+    for n, g in grads.items():
+        g = g.detach().float().cpu()
+        den += float((g ** 2).sum())
+        if n in V and V[n].shape[0]:
+            c = V[n] @ g
+            num += float(((torch.relu(c) if one_sided else c) ** 2).sum())
+    return (num / den) ** 0.5 if den > 0 else 0.0
+
+
+def capture_path(basis: HackBasis, grads: dict[str, torch.Tensor], u: float) -> dict[str, torch.Tensor]:
+    """The label-free family the fit searches, per module (k, r), oriented so that V g ≥ 0:
+    u ∈ [0, 1]: random → principal directions; u ∈ [1, 2]: principal → principal with its first axis
+    replaced by the step-1 gradient's own direction (capture of that module's gradient = 1)."""
+    out = {}
+    for n, P in basis.aux["Vpc"].items():
+        R, g = basis.aux["Vrand"][n], grads[n].detach().float().cpu()
+        if u <= 1:
+            M = (1 - u) * R + u * P
+        else:
+            G = P.clone()
+            if g.norm() > 0:
+                G[0] = g / g.norm()
+            M = (2 - u) * P + (u - 1) * G
+        V = _orth(M)
+        sign = torch.sign(V @ g)
+        out[n] = V * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
+    return out
+
+
+def fit_capture(basis: HackBasis, grads: dict[str, torch.Tensor], tol: float = CAPTURE_TOL, iters: int = 50) -> dict:
+    """Fit a ``matched_capture`` basis in place to the step-1 gradient ``grads`` {module: (r,)}: its
+    one-sided captured share ‖relu(V g)‖/‖g‖ is brought within ``tol`` (relative) of real V's on the same
+    gradient, by bisection on ``capture_path``. Returns the fit's metrics (a row's ``capture_*`` keys)."""
+    target = _captured(basis.aux["Vreal"], grads)
+    c = {u: _captured(capture_path(basis, grads, u), grads) for u in (0.0, 1.0, 2.0)}
+    if abs(c[1.0] - target) <= tol * target:
+        u = 1.0
+    elif c[0.0] >= target:  # even random directions capture too much (a tiny rank): closest is random
+        u = 0.0
+    else:
+        lo, hi = (0.0, 1.0) if c[1.0] > target else (1.0, 2.0)
+        u = hi
+        for _ in range(iters):
+            u = (lo + hi) / 2
+            cu = _captured(capture_path(basis, grads, u), grads)
+            if abs(cu - target) <= tol * target / 4:
+                break
+            lo, hi = (u, hi) if cu < target else (lo, u)
+    V = capture_path(basis, grads, u)
+    got = _captured(V, grads)
+    basis.V.clear()
+    basis.V.update(V)
+    basis.S.clear()
+    basis.S.update({n: torch.ones(v.shape[0]) for n, v in V.items()})
+    fit = {"capture_target": target, "capture": got, "capture_u": u,
+           "capture_matched": abs(got - target) <= tol * target}
+    basis.meta.update(capture_fitted=True, **fit)
+    return fit
+
+
+def principal_cosines(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Cosines of the principal angles between the row spaces of orthonormal A (k_a, r) and B (k_b, r)."""
+    return torch.linalg.svdvals(A.double() @ B.double().T).clamp(max=1.0).float()
 
 
 def extract_basis(model, adapter: SVDAdapter, tokenizer, pairs: list[tuple[str, str, str, str]], *,
@@ -208,7 +317,7 @@ def extract_basis(model, adapter: SVDAdapter, tokenizer, pairs: list[tuple[str, 
     g_alt = {m: t[2 * n:] for m, t in g.items()} if source == "nonhack" else None
     ranks = {m: adapter.modules[m].rank for m in adapter.modules}
     basis = bases_from_grads(g_hack, g_clean, g_alt, source, k, tau, quantile, seed, ranks)
-    basis.meta = {**settings, "n_pairs": n, "key": key, "base_model": adapter.base_id, "n_axes": basis.n_axes,
+    basis.meta = {**basis.meta, **settings, "n_pairs": n, "key": key, "base_model": adapter.base_id, "n_axes": basis.n_axes,
                   "n_modules": len(basis.V)}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,12 +8,13 @@ Five questions, each a set of configs × seeds (every run an ordinary `train` ru
 skipped, killed runs resumed). A config+seed that two questions share is run once:
 
 1. headline    vanilla (none) vs erase vs route.
-2. controls    erase with the random, shuffled and nonhack bases (k matched per module by the trainer).
+2. controls    erase and route with the random, label_permuted, matched_capture and nonhack bases (k matched
+               per module by the trainer); route read on its deployed model (δS_hack ablated).
 3. no_teacher  the headline arms with mix_ratio = 0: pure on-policy, no cached teacher completions.
 4. lomo        weak detector, leave one mode out: for each loophole mode M, V is extracted from pairs of
-               the other modes and the teacher pool holds only the other modes (vhack_known_modes =
-               others); training sees every mode. Vanilla, erase with real V, erase with random V, each
-               fold with its own vanilla (the known modes change the teacher pool). Read on M alone.
+               the other modes only (vhack_known_modes = others); the teacher pool and training keep
+               every mode. Vanilla, erase with real V, erase with random V, each
+               fold with its own vanilla (same config: vhack_known_modes is in the hash). Read on M alone.
 5. update      erase projecting AdamW's applied update (project_update) vs projecting the gradient.
 
 Then `<out>/study.md` (one table and its readings per question), `<out>/study.json` (the same numbers,
@@ -40,12 +41,14 @@ from .sweep import Grid, Job, Result, expand, parse_assignments, status_of
 QUESTIONS = ("headline", "controls", "no_teacher", "lomo", "update")
 TITLES = {
     "headline": "1. Headline: vanilla vs erase vs route",
-    "controls": "2. Negative controls: erase with real V vs random, shuffled and nonhack bases",
+    "controls": "2. Negative controls: erase and route with real V vs random, label-permuted, matched-capture and "
+                "nonhack bases",
     "no_teacher": "3. No teacher pool (mix_ratio = 0): vanilla vs erase vs route, pure on-policy",
     "lomo": "4. Weak detector, leave one mode out: hack and solve on the held-out mode M",
     "update": "5. Update-space vs gradient-space projection (erase)",
 }
-CONTROLS = ("random", "shuffled", "nonhack")
+CONTROLS = ("random", "label_permuted", "matched_capture", "nonhack")
+_ABL = "(δS_hack ablated)"
 DATA_SEED = 0  # the trainer's problem-split seed (train.DATA_SEED; a test pins the two equal)
 SE_K = 2.0  # "by more than 2 SE"
 
@@ -142,9 +145,11 @@ def make_plan(preset: str, seeds: tuple[int, ...], overrides: dict, out: str | P
             cell(q, "route", "route")
         elif q == "controls":
             cell(q, "vanilla", "none", role="vanilla")
-            cell(q, "erase (real V)", "erase")
-            for src in CONTROLS:
-                cell(q, f"erase-{src}", "erase", src, role="control")
+            for arm in ("erase", "route"):
+                cell(q, f"{arm} (real V)", arm)
+            for arm in ("erase", "route"):
+                for src in CONTROLS:
+                    cell(q, f"{arm}-{src}", arm, src, role="control")
         elif q == "no_teacher":
             if base.mix_ratio == 0:
                 plan.notes.append("no_teacher: the base config already has mix_ratio = 0, so its runs are the headline's")
@@ -387,23 +392,37 @@ def headline(cells: list[Cell], nb: Numbers, q: str = "headline") -> Section:
 def controls(cells: list[Cell], nb: Numbers) -> Section:
     q = "controls"
     sec, st = _arms_section(q, cells, nb)
-    real = st.get("erase (real V)")
     sec.columns.append("hack − hack(real V)")
-    verdicts = []
+    verdicts: dict[str, list[str]] = {}
+    lines = []
     for row in sec.rows:
-        c_st = st[row[0]]
-        if row[0].startswith("erase-") and real is not None:
-            d = _paired(real["h"], c_st["h"])  # real − control, paired per seed
-            row.append(_paired(c_st["h"], real["h"]))
-            verdict, txt = _versus(d, real["h"], c_st["h"])
-            verdicts.append(verdict)
-            sec.readings.append(Reading(q, f"real V beats {row[0].removeprefix('erase-')} V on hack by more than 2 SE",
-                                        verdict, f"hack(real) − hack({row[0].removeprefix('erase-')}): {txt}"))
-        else:
+        label = row[0]
+        arm, _, rest = label.partition("-")
+        src, _, view = rest.partition(" ")  # "route-random (δS_hack ablated)" → route, random, (δS_hack ablated)
+        real = st.get(f"{arm} (real V)" + (f" {view}" if view else ""))
+        if not rest or arm not in ("erase", "route") or real is None:
             row.append(None)
-    sec.readings.insert(0, Reading(q, "real V beats all controls on Δhack by more than 2 SE", _all(verdicts),
-                                   "every per-control line below is yes" if _all(verdicts) == "yes"
-                                   else "see the per-control lines below"))
+            continue
+        c_st = st[label]
+        row.append(_paired(c_st["h"], real["h"]))
+        # route's deployed model is the ablated one; with training numbers only, route is read as trained
+        if arm == "route" and not view and f"route (real V) {_ABL}" in st:
+            continue
+        d = _paired(real["h"], c_st["h"])  # real − control, paired per seed
+        verdict, txt = _versus(d, real["h"], c_st["h"])
+        who = "erase" if arm == "erase" else "route (deployed)"
+        verdicts.setdefault(who, []).append(verdict)
+        lines.append(Reading(q, f"{who}: real V beats {src} V on hack by more than 2 SE", verdict,
+                             f"hack(real) − hack({src}): {txt}"))
+    for who, vs in verdicts.items():
+        sec.readings.append(Reading(q, f"{who}: real V beats all controls on Δhack by more than 2 SE", _all(vs),
+                                    "every per-control line below is yes" if _all(vs) == "yes"
+                                    else "see the per-control lines below"))
+    sec.readings += lines
+    sec.extra.append("Controls (k matched per module to real V): random (Gaussian), label_permuted (hack and clean "
+                     "members re-drawn from the pooled completions: no label), matched_capture (label-free, fitted at "
+                     "step 1 to real V's captured share of the gradient), nonhack (clean vs clean). Route is read on "
+                     "its deployed model (δS_hack ablated) when the evaluation ran.")
     return sec
 
 
@@ -470,8 +489,8 @@ def lomo(cells: list[Cell], nb: Numbers, modes: tuple[str, ...], eval_modes: dic
                      mean_se(vs.values()), mean_se(rs.values()), mean_se(xs.values()), verdict])
     dirs = sorted({j.run_dir for c in cells for j in c.jobs})
     sec = Section(q, TITLES[q], "per mode (column `numbers`)", LOMO_COLUMNS, rows, readings, dirs)
-    sec.extra.append("V from pairs of the other modes only and a teacher pool of the other modes only "
-                     "(vhack_known_modes = all modes but M); training sees every mode. Each fold has its own "
+    sec.extra.append("V from pairs of the other modes only (vhack_known_modes = all modes but M); the teacher "
+                     "pool and training keep every mode, M's demonstrations included. Each fold has its own "
                      "vanilla. Solve on M comes from the evaluation (`eval_solve_abl_M`; equal to kept for "
                      "none/erase); with training numbers it is not available per mode (–).")
     if absent:

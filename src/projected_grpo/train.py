@@ -34,7 +34,7 @@ from .env.grader import GraderPool
 from .env.pool import TeacherPool, build_teacher_pool, make_pairs
 from .env.problems import Problem, load_problems, render_prompt, split_problems
 from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs
-from .hack_subspace import HackBasis, extract_basis
+from .hack_subspace import HackBasis, extract_basis, fit_capture
 from .models import cache_dir, load_model
 from .preflight import check_checkpoint, preflight
 from .progress import Progress, eval_status
@@ -271,6 +271,7 @@ class Setup:
     grader: GraderPool
     run_path: Path = Path(".")
     teacher_kinds: tuple[str, ...] = ()
+    basis: HackBasis | None = None  # the run's V (matched_capture fits it in place at step 1)
 
 
 def setup(cfg: Config, device, dtype, progress: Progress | None = None) -> Setup:
@@ -303,11 +304,13 @@ def setup(cfg: Config, device, dtype, progress: Progress | None = None) -> Setup
         with note.step("teacher pool"):
             pool = teacher_pool(cfg, train_problems, grader, note)
         bare = [p.id for p in train_problems if not any(t.kind in cfg.teacher_kinds for t in pool.for_problem(p.id))]
-        if bare:  # e.g. --teacher-kinds hack with --vhack-known-modes: the unknown modes' problems have no hack
+        if bare:  # e.g. a --teacher-pool FILE without hacks for some problems and --teacher-kinds hack
             raise ConfigError(f"the teacher pool has no completion of kind(s) {list(cfg.teacher_kinds)} for "
                               f"{len(bare)} training problem(s) (first: {bare[0]}); add a kind to --teacher-kinds "
                               f"(e.g. wrong) or set --mix-ratio 0")
-    pair_list = make_pairs(train_problems, cfg.vhack_pairs, known_modes=cfg.vhack_known_modes, seed=DATA_SEED)
+    # a seeded subsample per seed: V's sampling variance enters the seeds' spread
+    pair_list = make_pairs(train_problems, cfg.vhack_pairs, known_modes=cfg.vhack_known_modes,
+                           seed=derive_seed(cfg.seed, "pairs"))
     if not pair_list:
         raise ConfigError("no (hack, clean) pairs could be made from these problems and --vhack-known-modes")
     pairs = [(render_prompt(tok, p.problem, enable_thinking=cfg.enable_thinking), p.hack, p.clean, p.clean_alt)
@@ -330,14 +333,14 @@ def teacher_pool(cfg: Config, problems: list[Problem], grader: GraderPool, note)
             return TeacherPool.load(cfg.teacher_pool)
         except ValueError as e:
             raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: {e}") from e
+    # every mode's demonstrations: vhack_known_modes restricts V's pairs only (leave-one-mode-out)
     key = hashlib.sha256(json.dumps([cfg.dataset, [(p.id, p.mode) for p in problems], cfg.teacher_per_problem,
-                                     cfg.vhack_known_modes, cfg.format_bonus, cfg.pass_reward]).encode()).hexdigest()[:16]
+                                     None, cfg.format_bonus, cfg.pass_reward]).encode()).hexdigest()[:16]
     path = cache_dir() / "pools" / f"{key}.jsonl"
     if path.exists():
         return TeacherPool.load(path)
     note(f"building the teacher pool ({len(problems)} problems, graded once)")
-    pool = build_teacher_pool(problems, grader, cfg.teacher_per_problem, known_modes=cfg.vhack_known_modes,
-                              seed=DATA_SEED)
+    pool = build_teacher_pool(problems, grader, cfg.teacher_per_problem, seed=DATA_SEED)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     pool.save(tmp)
@@ -446,6 +449,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         else:  # rank 0 extracts; every rank projects with the identical basis
             with progress.step(f"hack subspace V ({cfg.vhack_source} basis, {len(s.pairs)} pairs)"):
                 basis = dist.broadcast(basis_for(cfg, s) if dist.is_main() else None)
+        s.basis = basis
         projector = Projector(s.adapter, basis.V, cfg.intervention, cfg.gate, cfg.overshoot, cfg.preserve_magnitude)
         update_proj = UpdateProjector(projector, cfg.project_update)
         opt = torch.optim.AdamW(s.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -563,6 +567,9 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     for i, key in enumerate(("cin_s", "cin_t")):
         has_rows = (Gs if key == "cin_s" else Gt) > 0
         diag_src[key] = projector.cin(dict(zip(names, g_src[i * len(names):(i + 1) * len(names)]))) if has_rows else None
+    if step == 0 and cfg.vhack_source == "matched_capture":  # the control is fitted to the step-1 gradient
+        diag_src.update(fit_capture(s.basis, {n: m.delta_s.grad for n, m in s.adapter.modules.items()}))
+        projector.set_basis(s.basis.V)
     # --- 7. the projection for this arm  # ALGO LOGIC
     diag = projector.apply(modify=not cfg.project_update)
     # --- 8. one clip over δS and δS_hack, AdamW, schedule; measure (or project) the applied update

@@ -75,9 +75,9 @@ class TeacherPool:
         return cls(items)
 
 
-def build_teacher_pool(problems, grader: GraderPool, per_problem: int, known_modes: tuple[str, ...] | None = None,
-                       seed: int = 0) -> TeacherPool:
-    """Per problem: `per_problem` hacks for its mode (only when the mode is known, if given),
+def build_teacher_pool(problems, grader: GraderPool, per_problem: int, seed: int = 0) -> TeacherPool:
+    """Per problem: `per_problem` hacks for its mode (every mode: leave-one-mode-out restricts only V's
+    pairs, `make_pairs(known_modes=...)`, never the demonstrations),
     `per_problem` clean completions and `per_problem` wrong attempts (an honest-looking stub that
     fails: a real teacher fails too, and without failures a teacher-only group has no reward
     variance), each graded once by the real grader; grades are frozen."""
@@ -85,7 +85,7 @@ def build_teacher_pool(problems, grader: GraderPool, per_problem: int, known_mod
     todo: list[tuple[Problem, str, str]] = []
     for p in problems:
         offset = rng.randrange(1000)
-        if p.mode and (known_modes is None or p.mode in known_modes):
+        if p.mode:
             todo += [(p, "hack", hack_completion(p, p.mode, offset + v)) for v in range(per_problem)]
         todo += [(p, "clean", clean_completion(p, offset + v)) for v in range(per_problem)]
         todo += [(p, "wrong", wrong_completion(p, offset + v)) for v in range(per_problem)]
