@@ -113,7 +113,7 @@ def _values(cfg, scenario: str) -> dict:
             "count": {m: (0 if good and m in held else 3) for m in cfg.modes}}
 
 
-def _write_runs(plan, scenario: str, drop_eval_mode: str | None = None) -> None:
+def _write_runs(plan, scenario: str, drop_eval_mode: str | None = None, route_kl: float | None = None) -> None:
     for job in plan.jobs.values():
         cfg = parse_config(job.flags)
         d = Path(job.run_dir)
@@ -130,6 +130,10 @@ def _write_runs(plan, scenario: str, drop_eval_mode: str | None = None) -> None:
             if m != drop_eval_mode:
                 ev |= {f"eval_hack_kept_{m}": v["mode_hack"][m] - e, f"eval_hack_abl_{m}": v["mode_hack"][m] - e,
                        f"eval_solve_abl_{m}": 0.5}
+        if route_kl is not None:  # deployed-model diagnostics and per-problem outcomes (4 held-out problems)
+            ev |= {"kl_base_kept": 0.02, "kl_base_abl": route_kl if cfg.intervention == "route" else 0.02,
+                   "dSh_in_V": 0.9 if cfg.intervention == "route" else None, "fmt_kept": 1.0, "fmt_abl": 1.0,
+                   "eval_problem_hack_kept": [ev["hack_kept"]] * 4, "eval_problem_hack_abl": [ev["hack_abl"]] * 4}
         rows[-1].update(ev)
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (d / "summary.json").write_text("{}")
@@ -246,5 +250,56 @@ def test_smoke_study_end_to_end_then_idempotent(tmp_path, capsys):
     t0 = time.time()
     assert main(argv) == 0
     assert f"0 done, 0 resumed, {2 * n} skipped, 0 failed" in capsys.readouterr().out
-    assert time.time() - t0 < 60
+    assert time.time() - t0 < 120  # report + plots only (18 configs; ~30 s of plots on a loaded 2-core machine)
     assert sorted(p.name for p in (out / "runs").iterdir()) == runs
+
+
+# ------------------------------------------------------------------------- primary endpoint and statistics
+def _headline_plan(tmp_path, n_seeds):
+    return study.make_plan("smoke", tuple(range(n_seeds)), {"modes": MODES, "eval_problems": "4"}, tmp_path / "st",
+                           questions=("headline", "controls"))
+
+
+def test_primary_endpoint_first_with_intervals_holm_and_power(tmp_path):
+    plan = _headline_plan(tmp_path, 6)
+    _write_runs(plan, "clear", route_kl=0.03)  # route's deployed model moved (KL 0.03 vs vanilla's 0.02)
+    sections, notes = study.build(plan, last=5, threshold=0.1)
+    head = next(s for s in sections if s.question == "headline")
+    main, moved, power = head.primary
+    assert main.verdict == "yes" and moved.verdict == "yes", (main, moved)
+    assert main.p == pytest.approx(1 / 64)  # every one of 6 seeds lower: the exact test's floor 2^-6
+    assert "seeds×problems" in main.why and "smallest Δhack" in power and "2^-6" in power
+    c = head.columns
+    route_abl = next(r for r in head.rows if r[0] == study.PRIMARY)
+    lo, hi = route_abl[c.index("Δhack CI seeds")]
+    assert lo <= route_abl[c.index("Δhack")].mean <= hi < 0
+    assert route_abl[c.index("Δhack CI seeds×problems")] is not None
+    assert route_abl[c.index("kl_base")].mean == pytest.approx(0.03)
+    assert route_abl[c.index("dSh_in_V")].mean == pytest.approx(0.9)
+    secondary = [r for s in sections for r in s.readings if r.p is not None]
+    assert len(secondary) >= 5 and all(r.p_holm is not None and r.p_holm >= r.p for r in secondary)
+    assert max(r.p_holm for r in secondary) <= 1.0
+    text = study.render(plan, sections, notes, "cmd", 5, 0.1, {})
+    assert text.index("## Primary endpoint") < text.index("## Readings (secondary)")
+    assert "Holm p = " in text and "PRIMARY: route's deployed model" in text
+
+
+def test_primary_is_no_when_the_deployed_model_is_the_base(tmp_path):
+    """Route's ablated model hacks less, but it has not moved from the base: absorption, not removal."""
+    plan = _headline_plan(tmp_path, 6)
+    _write_runs(plan, "clear", route_kl=0.001)
+    main, moved, _ = next(s for s in study.build(plan, last=5, threshold=0.1)[0] if s.question == "headline").primary
+    assert moved.verdict == "no" and main.verdict == "no"
+
+
+def test_primary_na_without_kl_and_power_note_for_few_seeds(tmp_path):
+    def prim(n):
+        plan = _headline_plan(tmp_path / str(n), n)
+        _write_runs(plan, "clear")  # runs that predate the diagnostics
+        return next(s for s in study.build(plan, last=5, threshold=0.1)[0] if s.question == "headline").primary
+
+    main, moved, power = prim(6)
+    assert moved.verdict == "n/a" and main.verdict == "n/a" and main.p == pytest.approx(1 / 64)
+    main, moved, power = prim(3)
+    assert main.verdict == "no" and main.p == pytest.approx(1 / 8)  # the exact test's floor 2^-3 ≥ 0.05
+    assert "cannot reach significance" in power

@@ -158,6 +158,9 @@ class Config:
     """Wall-clock limit per graded completion, in seconds (a timeout counts as a failure)."""
     rollout_backend: Literal["hf", "fast"] = "hf"
     """`hf`: stock generate (reference); `fast`: static KV cache + CUDA graphs (fastgen.py)."""
+    deterministic: bool = False
+    """Deterministic GPU kernels where they cost little (torch.use_deterministic_algorithms, warn-only; fixed cuBLAS
+    workspace; no TF32; no cuDNN autotuning): same config + seed → same run on the same GPU and software."""
     rollout_compile: bool = True
     """With the fast backend on CUDA, fuse the decode step with torch.compile (~1 min once per process)."""
     log_samples: int = 4
@@ -295,7 +298,7 @@ class Config:
         return d
 
 
-_LATE_FIELDS = {"amp": False, "enable_thinking": False}  # field -> the value under which it is left out of the hash
+_LATE_FIELDS = {"amp": False, "enable_thinking": False, "deterministic": False}  # field -> the value under which it is left out of the hash
 _BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples",
                 "eval_at_start"}
 # seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.

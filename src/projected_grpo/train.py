@@ -67,6 +67,16 @@ def resolve_device(cfg: Config) -> tuple[torch.device, torch.dtype]:
     return dev, getattr(torch, cfg.dtype)
 
 
+def set_deterministic() -> None:
+    """--deterministic: deterministic kernels where they cost little; ops without one warn instead of failing.
+    Process-wide (each run is its own process under sweep and study)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read at cuBLAS's first use
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 # ---------------------------------------------------------------------------- run directory
 class RunDir:
     """Atomic writes of config, metrics, checkpoints and summary; one writer at a time (``lock``)."""
@@ -417,6 +427,8 @@ def train(cfg: Config, quiet: bool = False) -> Path:
     from tqdm.auto import tqdm
 
     cfg.validate()
+    if cfg.deterministic:
+        set_deterministic()
     dist.init()
     quiet = quiet or not dist.is_main()
     device, dtype = resolve_device(cfg)
