@@ -490,7 +490,7 @@ class Server:
         self.rfd, self.wfd, self.slot, self.uid, self.limits, self.feats = rfd, wfd, slot, uid, limits, feats
         self.bufs = Buffers()
         self.memcg = None
-        if feats["root"]:
+        if feats["root"] and feats.get("memcg", True):
             limit = limits["mem_bytes"] + ((TMP_MB + 2 * SHM_MB + MEMCG_SLACK_MB) << 20)
             self.memcg = setup_memcg(uid, limit)
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY) if feats["pidns"] else None
