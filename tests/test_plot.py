@@ -21,7 +21,7 @@ def demo_like_run(root: Path, arm: str, hack: list[float], evals: dict[int, dict
         "hash": f"h-{arm}", "match_hash": MATCH, "arm": arm}))
     rows = [{"step": 0, **evals.get(0, {})}] if 0 in evals else []
     for i, h in enumerate(hack, 1):
-        rows.append({"step": i, "hack_s": h, "gt_s": 0.0, "reward": 0.1 + h, "cin_s": 0.8, "cin_t": 0.9,
+        rows.append({"step": i, "hack_s": h, "solve_s": 0.0, "reward": 0.1 + h, "cin_s": 0.8, "cin_t": 0.9,
                      "cout": 0.0 if arm != "none" else 0.8, "cout_update": 0.4, "dSh": 0.1 * i * (arm == "route"),
                      **evals.get(i, {})})
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -29,7 +29,7 @@ def write_run(root: Path, intervention: str, source: str, seed: int, hack: list[
         "versions": {}, "command": "test", "created": "2025-01-01T00:00:00"}))
     rows = []
     for i, (h, s) in enumerate(zip(hack, solve)):
-        row = {"step": i + 1, "reward": h + s, "hack_s": h, "gt_s": s, "cin_s": 0.5, "cin_t": None, "cout": 0.0,
+        row = {"step": i + 1, "reward": h + s, "hack_s": h, "solve_s": s, "cin_s": 0.5, "cin_t": None, "cout": 0.0,
                "cout_update": 0.1, "dS": 1.0, "dSh": 0.3 * i if intervention == "route" else 0.0, **(extra or {})}
         rows.append(row)
     if evals:
@@ -58,7 +58,7 @@ def se(xs: list[float]) -> float:
 def test_load_run_keeps_last_row_per_step(tmp_path):
     d = write_run(tmp_path, "erase", "real", 3, pad([0.1] * 5), pad([0.2] * 5))
     with open(d / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": 7, "hack_s": 0.7, "gt_s": 0.2}) + "\n")
+        f.write(json.dumps({"step": 7, "hack_s": 0.7, "solve_s": 0.2}) + "\n")
     run = load_run(d)
     assert (run.arm, run.seed, run.match_hash, run.complete) == ("erase", 3, MATCH, True)
     assert [r["step"] for r in run.rows] == list(range(1, 8))
@@ -120,7 +120,7 @@ def test_per_run_and_grouped_means_and_se(sweep):
     doc = js([sweep])
     assert len(doc["runs"]) == 12
     erase0 = next(r for r in doc["runs"] if r["arm"] == "erase" and r["seed"] == 0)
-    assert erase0["hack_s"] == pytest.approx(0.2) and erase0["gt_s"] == pytest.approx(0.25)
+    assert erase0["hack_s"] == pytest.approx(0.2) and erase0["solve_s"] == pytest.approx(0.25)
     assert erase0["cin_t"] is None and erase0["hack_kept"] is None and erase0["steps"] == "7/7"
     assert erase0["last_n"] == 5  # the N actually averaged
     assert js([sweep], last=50)["runs"][0]["last_n"] == 7  # a run with fewer steps: all of them, and it says so
@@ -131,7 +131,7 @@ def test_per_run_and_grouped_means_and_se(sweep):
     assert g["hack_s"]["mean"] == pytest.approx(0.8 / 3)
     assert g["hack_s"]["se"] == pytest.approx(se([0.2, 0.2, 0.4]))
     assert g["hack_s"]["se"] == pytest.approx(0.0666667, abs=1e-6)  # by hand: sd 0.11547 / √3
-    assert g["gt_s"]["mean"] == pytest.approx(0.3)
+    assert g["solve_s"]["mean"] == pytest.approx(0.3)
     assert g["cin_t"] is None and g["cin_s"]["se"] == pytest.approx(0.0)
     assert groups["route"]["hack_abl"]["mean"] == pytest.approx(0.1)
 
@@ -251,3 +251,20 @@ def test_plot_writes_a_valid_png(sweep, tmp_path):
     assert out2.stat().st_size > 10_000
     with pytest.raises(ReportError, match="band"):
         report.plot([str(sweep)], tmp_path / "z.png", band="iqr")
+
+
+def test_run_dirs_from_before_the_metric_rename_read_the_same(tmp_path):
+    """`solve_s`/`solve_t` were logged as `gt_s`/`gt_t`: an old run dir gives the same tables."""
+    new = write_run(tmp_path / "new", "erase", "real", 0, pad([0.1] * 5), pad([0.3, 0.2, 0.2, 0.4, 0.2]))
+    old = tmp_path / "old" / new.name
+    old.parent.mkdir()
+    import shutil
+
+    shutil.copytree(new, old)
+    rows = [json.loads(x) for x in (old / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["gt_s"], r["gt_t"] = r.pop("solve_s"), 0.5
+    (old / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b = js([new])["runs"][0], js([old])["runs"][0]
+    assert b["solve_s"] == pytest.approx(0.26) and a["solve_s"] == b["solve_s"]
+    assert load_run(old).rows[0]["solve_t"] == 0.5 and "gt_s" not in load_run(old).rows[0]

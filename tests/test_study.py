@@ -122,7 +122,7 @@ def _write_runs(plan, scenario: str, drop_eval_mode: str | None = None, route_kl
                                                    "match_hash": cfg.match_hash(), "arm": cfg.arm}))
         # null: the same noise for every arm of a seed, so no comparison can differ by chance
         v, e = _values(cfg, scenario), _noise("" if scenario == "null" else job.name, job.seed)
-        rows = [{"step": s, "hack_s": v["hack"] + e, "gt_s": v["solve"] + e, "cout": 0.0, "cout_update": 0.1,
+        rows = [{"step": s, "hack_s": v["hack"] + e, "solve_s": v["solve"] + e, "cout": 0.0, "cout_update": 0.1,
                  **{f"hack_s_{m}": v["count"][m] for m in cfg.modes}} for s in range(1, 4)]
         ev = {"hack_kept": v["hack"] + e, "solve_kept": v["solve"] + e, "hack_abl": v["abl"] + e,
               "solve_abl": v["solve"] + e}

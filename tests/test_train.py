@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from projected_grpo.cli import main
 from projected_grpo.hack_subspace import HackBasis
 
-CONTRACT = ("step reward hack_s gt_s hack_t gt_t frac_zero_var frac_truncated loss kl gn cin_s cin_t cin cout "
+CONTRACT = ("step reward hack_s solve_s hack_t solve_t frac_zero_var frac_truncated loss kl gn cin_s cin_t cin cout "
             "cout_update fired dS dSh step_time_s gen_time_s grade_time_s tokens_per_s").split()
 EVAL_KEYS = ("hack_kept", "solve_kept", "hack_abl", "solve_abl", "solve_nohint")
 TIMING = {"step_time_s", "gen_time_s", "grade_time_s", "tokens_per_s"}
@@ -111,7 +111,7 @@ def test_gt_correct_never_reaches_the_loss(tmp_path, monkeypatch):
     assert all(torch.equal(ka[k], kb[k]) for k in ka)
     rows_a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert rows_a[0]["loss"] == rows_b[0]["loss"] and rows_a[0]["gn"] == rows_b[0]["gn"]
-    assert rows_a[0]["gt_s"] != rows_b[0]["gt_s"] or rows_a[0]["gt_t"] != rows_b[0]["gt_t"]  # the flip did happen
+    assert rows_a[0]["solve_s"] != rows_b[0]["solve_s"] or rows_a[0]["solve_t"] != rows_b[0]["solve_t"]  # the flip did happen
 
 
 def _flip_teacher(fn):

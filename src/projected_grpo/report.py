@@ -8,7 +8,7 @@ optimizer step) and, when the run finished, `summary.json`. Rules the tables kee
   the same `match_hash` (config minus arm, basis and seed). Runs with no such vanilla are listed.
 - Hack/solve for deltas: the greedy evaluation (`hack_kept`/`solve_kept`, route also
   `hack_abl`/`solve_abl`) when every pair of a group has it, else the last-N student train rates
-  (`hack_s`/`gt_s`); the `numbers` column says which. Route ablated needs the evaluation.
+  (`hack_s`/`solve_s`); the `numbers` column says which. Route ablated needs the evaluation.
 - Runs without `summary.json` (killed or still running) are shown in the per-run table and left out
   of the aggregates unless `include_incomplete=True`.
 """
@@ -27,8 +27,10 @@ from typing import Any, Iterable, Literal, NamedTuple, Sequence
 from .errors import UserError
 
 Fmt = Literal["md", "csv", "json"]
-TRAIN_KEYS = ("hack_s", "gt_s", "cin_s", "cin_t", "cout", "cout_update")
+TRAIN_KEYS = ("hack_s", "solve_s", "cin_s", "cin_t", "cout", "cout_update")
 EVAL_KEYS = ("hack_kept", "solve_kept", "hack_abl", "solve_abl")
+# metric names of older run dirs -> today's (one name per metric: solve_s was logged as gt_s)
+RENAMED = {"gt_s": "solve_s", "gt_t": "solve_t"}
 _ARM_ORDER = {"none": 0, "erase": 1, "route": 2}
 
 
@@ -141,6 +143,9 @@ def _read_metrics(path: Path, notes: list[str]) -> list[dict]:
             raise ReportError(f"{path}: malformed JSON at line {i}: {e.msg}") from None
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise ReportError(f"{path}: line {i} is not an object with an integer 'step'")
+        for old, new in RENAMED.items():  # run dirs written before the rename read the same
+            if old in row and new not in row:
+                row[new] = row.pop(old)
         by_step[row["step"]] = row  # keep the last row per step
     return [by_step[s] for s in sorted(by_step)]
 
@@ -220,7 +225,7 @@ def _by_hash(runs: Sequence[Run]) -> dict[str, list[Run]]:
 
 def _hack_solve(run: Run, view: str, numbers: str, last: int) -> tuple[float | None, float | None]:
     if numbers == "train":
-        return run.last_mean("hack_s", last), run.last_mean("gt_s", last)
+        return run.last_mean("hack_s", last), run.last_mean("solve_s", last)
     suffix = "abl" if view == "ablated" else "kept"
     return run.last_value(f"hack_{suffix}"), run.last_value(f"solve_{suffix}")
 
@@ -408,7 +413,7 @@ def results(run_dirs: Sequence[str | Path], last: int = 5, fmt: Fmt = "md", matc
 # (title, y label, [(metric, line style, legend label)], eval panel?, a rate or share in [0, 1]?)
 _PANELS: list[tuple[str, str, list[tuple[str, str, str]], bool, bool]] = [
     ("Student hack rate (train)", "fraction exploited", [("hack_s", "-", "hack_s")], False, True),
-    ("Student solve rate (train, strict grader)", "fraction gt-correct", [("gt_s", "-", "gt_s")], False, True),
+    ("Student solve rate (train, strict grader)", "fraction correct", [("solve_s", "-", "solve_s")], False, True),
     ("Reward (foolable grader)", "mean reward", [("reward", "-", "reward")], False, False),
     ("Hack-ward gradient share, before projection", "‖relu(Vg)‖ / ‖g‖",
      [("cin_s", "-", "cin_s (student)"), ("cin_t", "--", "cin_t (teacher)")], False, True),
@@ -417,7 +422,7 @@ _PANELS: list[tuple[str, str, list[tuple[str, str, str]], bool, bool]] = [
     ("Quarantine knob ‖δS_hack‖ (0 unless route)", "L2 norm", [("dSh", "-", "dSh")], False, False),
     ("Eval hack rate (greedy, held out)", "fraction exploited",
      [("hack_kept", "-", "kept"), ("hack_abl", "--", "δS_hack ablated (route)")], True, True),
-    ("Eval solve rate (greedy, held out)", "fraction gt-correct",
+    ("Eval solve rate (greedy, held out)", "fraction correct",
      [("solve_kept", "-", "kept"), ("solve_abl", "--", "δS_hack ablated (route)")], True, True),
 ]
 RATE_YLIM = (-0.04, 1.04)  # [0, 1] with room for markers drawn at 0 and 1

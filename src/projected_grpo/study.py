@@ -59,7 +59,7 @@ READING_RULES = f"""\
 - **Numbers.** Per question: the final greedy evaluation on the held-out problems (`hack_kept` /
   `solve_kept`; route also ablated, `hack_abl` / `solve_abl`, δS_hack zeroed = the deployed model) when
   every finished run of the question evaluated; otherwise the mean of the student's training rates
-  (`hack_s` / `gt_s`) over the last N steps. The `numbers` line of each table says which.
+  (`hack_s` / `solve_s`) over the last N steps. The `numbers` line of each table says which.
 - **Paired deltas.** Δ = arm − vanilla of the *same seed*, vanilla being the `none` run of the same
   config except arm and basis (same match hash; for question 5 the match hashes differ only in
   `project_update`, which is a no-op for `none`). Mean ± SE over seeds; SE = sample std / √n.
@@ -311,7 +311,7 @@ class Numbers:
 
     def hack_solve(self, run: Run, numbers: str, view: str = "kept") -> tuple[float | None, float | None]:
         if numbers == "train":
-            return run.last_mean("hack_s", self.last), run.last_mean("gt_s", self.last)
+            return run.last_mean("hack_s", self.last), run.last_mean("solve_s", self.last)
         sfx = "abl" if view == "ablated" else "kept"
         return run.last_value(f"hack_{sfx}"), run.last_value(f"solve_{sfx}")
 

@@ -503,7 +503,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
                 run.save_checkpoint(s.adapter, {"step": step + 1, "optimizer": opt.state_dict(),
                                                 "scheduler": sched.state_dict(), "rng": rng_state(),
                                                 "config_hash": cfg.hash()}, basis)
-            bar.set_postfix(hack=_fmt(row.get("hack_s")), solve=_fmt(row.get("gt_s")), cin=_fmt(row.get("cin")))
+            bar.set_postfix(hack_s=_fmt(row.get("hack_s")), solve_s=_fmt(row.get("solve_s")), cin=_fmt(row.get("cin")))
         bar.close()
         tracker.close()
         if dist.is_main():
@@ -600,8 +600,8 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     kl_total, kl_rows = sum(p[3][0] for p in parts), sum(p[3][1] for p in parts)
     gen_time, n_tok = max(p[5] for p in parts), sum(p[4] for p in parts)
     row = {"step": step + 1, "reward": _mean(r[3] for r in records),
-           "hack_s": _mean(r[4] for r in st), "gt_s": _mean(r[5] for r in st),
-           "hack_t": _mean(r[4] for r in te), "gt_t": _mean(r[5] for r in te),
+           "hack_s": _mean(r[4] for r in st), "solve_s": _mean(r[5] for r in st),
+           "hack_t": _mean(r[4] for r in te), "solve_t": _mean(r[5] for r in te),
            "frac_zero_var": _mean(z for p in parts for z in p[1]), "frac_truncated": _mean(r[7] for r in st) or 0.0,
            "loss": sum(p[2] for p in parts), "kl": kl_total / kl_rows if kl_rows else 0.0, "gn": gn,
            **diag_src, **diag, "dS": dS, "dSh": dSh, "lr": sched.get_last_lr()[0]}
@@ -703,7 +703,7 @@ def _fmt(x) -> str:
 
 
 # ---------------------------------------------------------------------------- summary
-SUMMARY_KEYS = ("hack_s", "gt_s", "hack_t", "cin_s", "cin_t", "cin", "cout", "cout_update", "dSh", "reward")
+SUMMARY_KEYS = ("hack_s", "solve_s", "hack_t", "cin_s", "cin_t", "cin", "cout", "cout_update", "dSh", "reward")
 
 
 def summarize(cfg: Config, rows: list[dict]) -> dict:
@@ -724,7 +724,7 @@ def summarize(cfg: Config, rows: list[dict]) -> dict:
 def print_summary(cfg: Config, path: Path, s: dict) -> None:
     f = _fmt
     print(f"\n== {cfg.arm} seed {cfg.seed} ({s['hash']}) -> {path}")
-    print(f"   last {s['last_n']} steps: hack_s {f(s['hack_s'])}  solve_s {f(s['gt_s'])}  cin {f(s['cin'])}  "
+    print(f"   last {s['last_n']} steps: hack_s {f(s['hack_s'])}  solve_s {f(s['solve_s'])}  cin {f(s['cin'])}  "
           f"cout {f(s['cout'])}  cout_update {f(s['cout_update'])}  |dS_hack| {f(s['dSh'])}")
     e = s.get("final_eval")
     if e:
