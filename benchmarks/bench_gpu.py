@@ -1,15 +1,22 @@
-"""GPU benchmark: fast rollouts vs HF generate, one GRPO step of ours, the same step by TRL.
+"""GPU benchmark of the trainer itself: `setup`, `basis_for`, `train_step` on random-weight model folders,
+side by side with TRL's GRPOTrainer at the same shape; plus decode rows, SVD drivers, `pytest -m gpu`.
 
-One run on the GPU machine prints one table and writes markdown rows (``--md``) for docs/PERF.md:
+One call on the GPU machine prints one table and writes it as markdown (``--md``) and JSON (``--json``):
 
-  python benchmarks/bench_gpu.py --md $OUT/perf.md --json $OUT/bench.json            # all but TRL
-  python benchmarks/bench_gpu.py --section trl --md $OUT/trl.md --json $OUT/trl.json # TRL's GRPOTrainer
-  python benchmarks/bench_gpu.py --cpu-smoke                                          # every code path, tiny, CPU
+  python3 benchmarks/bench_gpu.py --budget-s 330 --md $OUT/perf.md --json $OUT/bench.json --junit $OUT/junit.xml
+  python3 benchmarks/bench_gpu.py --section decode      # decode rows: fast vs HF generate, 0.6B/1.7B/4B, b64/b256
+  python3 benchmarks/bench_gpu.py --section check       # fast backend == HF on the device (fp32 / bf16)
+  python3 benchmarks/bench_gpu.py --section svd         # SVD drivers, adapter.svd_factors per shape, pytest -m gpu
+  python3 benchmarks/bench_gpu.py --section folders     # only build the model folders (for projected-grpo train)
+  .venv/bin/python benchmarks/bench_gpu.py --cpu-smoke  # every code path, tiny shapes, CPU
 
-Models are random-weight Qwen3 shapes (benchmarks/configs/*.json): tokens per second do not depend
-on weight values. The tokenizer is synthetic (one word per id of the 151936-token vocabulary), so
-prompts of exactly 128 tokens and any sampled id decode. Every section runs in try/except: a failure
-is recorded in the table and the run goes on.
+Trainer rows: a local model folder per Qwen3 shape (benchmarks/configs/*.json, random bf16 weights, a
+word-level tokenizer with a ChatML template whose unknown-word id is an ordinary id), `--preset fast` with
+HumanEval prompts, 16 prompts x group 8, every row sampled by the policy (mix ratio 0), beta 0, erase. The
+sandbox grades every completion for real; the reward is then replaced by a score of the text with variance
+(a random model writes no code). Timers wrap the trainer's own functions (`backward`, `Projector.apply` /
+`cin`, `AdamW.step`), so a change to the trainer shows up here. Sections run in priority order and each is
+skipped when ``--budget-s`` would be exceeded; a failing section is recorded and the run goes on.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from projected_grpo import fastgen  # noqa: E402
 from projected_grpo.rollout import generate as hf_generate  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "configs"
-DATE = "2026-11-28"
+DATE = time.strftime("%Y-%m-%d")
 RESULTS: list[dict] = []  # one dict per table row
 NOTES: list[str] = []
 
@@ -316,160 +323,406 @@ def extra_bench(smoke: bool, dev, ceil: dict, name: str, B: int, n_new: int, pro
                ms_per_step=ms, tok_per_s=Bh * 1e3 / ms)
 
 
-# ---------------------------------------------------------------------------- our GRPO step
-def gpu_svd_factors(weight, rank, use_cache=True):
-    """Randomised top-``rank`` SVD on the weight's device (benchmark only: adapter.svd_factors runs a
-    full fp32 SVD on the CPU, minutes for a 1.7B model's 196 Linears; timing does not depend on it)."""
-    w = weight.detach().float()
-    q = min(rank + 8, *w.shape)
-    U, S, V = torch.svd_lowrank(w, q=q, niter=2)
-    return U[:, :rank].contiguous().cpu(), S[:rank].contiguous().cpu(), V[:, :rank].T.contiguous().cpu(), "bench"
+# ---------------------------------------------------------------------------- random-weight model folders
+CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def step_flops(model, batch_shapes, comp_tokens: int, rank: int, ckpt: bool) -> float:
-    """Model FLOPs of forward + backward (input grads only: base weights are frozen) over padded
-    micro-batches, knob branches included; recomputation not counted except the chunked LM head's."""
-    cfg = model.config
-    H, I, nl = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    hd = getattr(cfg, "head_dim", H // cfg.num_attention_heads)
-    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    lin = [(H, nh * hd), (H, nkv * hd), (H, nkv * hd), (nh * hd, H), (H, I), (H, I), (I, H)]
-    p_lin = nl * sum(a * b for a, b in lin)
-    p_knob = nl * sum(rank * (a + b) for a, b in lin)
-    tot = 0.0
-    for B, L in batch_shapes:
-        tok = B * L
-        tot += 4 * (p_lin + p_knob) * tok  # fwd 2·P·tok, bwd (input grads) 2·P·tok
-        tot += 3 * 4 * nl * B * L * L * nh * hd  # attention: fwd 4·L²·nh·hd per layer-row, bwd ~2×
-    tot += 6 * cfg.vocab_size * H * comp_tokens  # LM head: fwd, recompute in bwd, input grad
-    return tot
+def word_tokenizer(vocab: int, eos: int, pad: int, start: int, unk: int = 7):
+    """Word-level tokenizer over ``t0 … t{vocab-1}`` with ChatML specials, for a random-weight model
+    folder. Unknown words (all real prompt text) map to ``t{unk}``, an ordinary id: were it the pad id,
+    every prompt and completion token would be padding and the pair gradients go non-finite."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    names = {f"t{i}": i for i in range(vocab)}
+    for i in (eos, pad, start):
+        names.pop(f"t{i}")
+    names["<|im_end|>"], names["<|endoftext|>"], names["<|im_start|>"] = eos, pad, start
+    tk = Tokenizer(models.WordLevel(vocab=names, unk_token=f"t{unk}"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  unk_token=f"t{unk}", additional_special_tokens=["<|im_start|>"])
+    tok.chat_template = CHATML
+    return tok
 
 
-def our_step_bench(smoke: bool, dev, ceil: dict, name: str, prompts_n: int, G: int, T: int, prompt_len: int,
-                   rank: int, micro: int, ckpt: bool, repeats: int, label: str):
-    from projected_grpo import adapter as adapter_mod
-    from projected_grpo.adapter import SVDAdapter
-    from projected_grpo.config import DEFAULT_TARGETS
-    from projected_grpo.grpo import completion_logprobs, grpo_loss, make_batch
-    from projected_grpo.projection import Projector
+def model_folder(name: str, root: Path, smoke: bool) -> Path:
+    """A local model folder (bf16 safetensors + tokenizer with a chat template) at a Qwen3 shape,
+    random weights (seed 0), for ``projected-grpo train --model FOLDER``."""
+    from transformers import AutoModelForCausalLM
 
-    model, tok = build_model(name, torch.bfloat16 if dev.type == "cuda" else torch.float32, dev, smoke)
-    orig = adapter_mod.svd_factors
-    adapter_mod.svd_factors = gpu_svd_factors
-    try:
-        t = time.perf_counter()
-        adapter = SVDAdapter.attach(model, DEFAULT_TARGETS, rank=rank, use_cache=False)
+    path = root / name
+    if (path / "tokenizer_config.json").exists():
+        return path
+    cfg = model_config(name, smoke)
+    start = 502 if smoke else 151644
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.save_pretrained(path)
+    del model
+    tok = word_tokenizer(cfg.vocab_size, cfg.eos_token_id, cfg.pad_token_id, start)
+    assert tok.unk_token_id != tok.pad_token_id
+    tok.save_pretrained(path)
+    return path
+
+
+def text_score(text: str) -> float:
+    """A reward with variance for a random model's text: the fraction of words ending in an even digit."""
+    words = text.split()
+    return sum(w[-1] in "02468" for w in words) / max(1, len(words))
+
+
+class TextRewardGrader:
+    """The trainer's GraderPool (real sandbox grading, timed by the trainer as ``grade_time_s``), with
+    each reward replaced by ``text_score``: random-weight models write no code, so every real reward
+    is equal and every group has zero variance (the backward would be skipped)."""
+
+    def __init__(self, grader):
+        self.grader = grader
+
+    def grade_many(self, items):
+        import dataclasses
+
+        out = self.grader.grade_many(items)
+        return [dataclasses.replace(g, reward=text_score(it[1])) for g, it in zip(out, items)]
+
+    def grade(self, problem, completion, *rest):
+        return self.grade_many([(problem, completion, *rest)])[0]
+
+    def close(self):
+        self.grader.close()
+
+
+# ---------------------------------------------------------------------------- timers around the trainer's own functions
+TIMES: dict[str, float] = {}
+SHAPES: list[tuple] = []  # one (U prompts, Lp, B rows, Lc) per micro-batch forward
+
+
+def timed(key: str, fn):
+    def wrapper(*a, **kw):
         sync()
-        attach_s = time.perf_counter() - t
-    finally:
-        adapter_mod.svd_factors = orig
-    if ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train()
-    g = torch.Generator().manual_seed(0)
-    basis = {}
-    for n, m in adapter.modules.items():
-        q, _ = torch.linalg.qr(torch.randn(m.rank, 4, generator=g))
-        basis[n] = q.T.contiguous()
-    projector = Projector(adapter, basis, "erase")
-    opt = torch.optim.AdamW(adapter.parameters(), lr=1e-3)
-    prompts = prompts_of(tok, prompts_n, prompt_len, seed=3)
-    grader, problems, real = None, None, None
-    try:
-        from projected_grpo.env.grader import GraderPool
-        from projected_grpo.env.loopholes import clean_completion, hack_completion, wrong_completion
-        from projected_grpo.env.problems import load_problems
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            sync()
+            TIMES[key] = TIMES.get(key, 0.0) + time.perf_counter() - t
+    wrapper.__wrapped__ = fn
+    return wrapper
 
-        problems = load_problems("builtin")[:prompts_n]
-        grader = GraderPool(workers=16)
-        mk = (clean_completion, lambda p, v: hack_completion(p, p.mode, v), wrong_completion)
-        real = [(problems[i // G % len(problems)], mk[i % 3](problems[i // G % len(problems)], i))
-                for i in range(prompts_n * G)]
-    except Exception as e:  # grading is timed as N/A, the step goes on
-        NOTES.append(f"grader unavailable: {type(e).__name__}: {e}")
-        log("grader unavailable:", repr(e))
-    rows_out = []
+
+@contextlib.contextmanager
+def patched(obj, name: str, new):
+    old = getattr(obj, name)
+    setattr(obj, name, new)
     try:
-        for it in range(repeats + 1):
-            torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
-            sync()
-            t0 = time.perf_counter()
-            st = fastgen.GenStats()
-            with adapter.merged():
-                roll = fastgen.generate(model, tok, prompts, G, T, temperature=1.0,
-                                        seeds=[it * 100000 + i for i in range(prompts_n * G)], stats=st)
-            sync()
-            t1 = time.perf_counter()
-            grade_s = real_grade_s = None
-            if grader is not None:
-                grader.grade_many([(problems[i // G % len(problems)], roll.texts[i]) for i in range(len(roll.texts))])
-                grade_s = time.perf_counter() - t1
-                t = time.perf_counter()
-                grader.grade_many(real)
-                real_grade_s = time.perf_counter() - t
-            t2 = time.perf_counter()
-            rows = list(zip(roll.prompt_ids, roll.completion_ids))
-            adv = torch.randn(len(rows), generator=g)
-            shapes, n_comp = [], 0
-            for mb in range(0, len(rows), micro):
-                ids = list(range(mb, min(len(rows), mb + micro)))
-                batch = make_batch([rows[i] for i in ids], tok.pad_token_id).to(dev)
-                shapes.append(tuple(batch.input_ids.shape))
-                n_comp += int(batch.completion_mask.sum())
-                with adapter.capture_row_grads():
-                    logp = completion_logprobs(model, batch)
-                    loss, _ = grpo_loss(logp, logp.detach(), None, adv[ids].to(dev), batch.completion_mask, 0.2, 0.0,
-                                        "fixed", T)
-                    (loss * len(ids) / len(rows)).backward()
-            sync()
-            t3 = time.perf_counter()
-            projector.apply(modify=True)
-            params = [p for p in adapter.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sync()
-            t4 = time.perf_counter()
-            peak = torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else float("nan")
-            fl = step_flops(model, shapes, n_comp, rank, ckpt)
-            step_s = t4 - t0 - (real_grade_s or 0.0)
-            row = dict(step_s=step_s, gen_s=t1 - t0, gen_capture_s=st.capture_s, grade_s=grade_s,
-                       grade_real_code_s=real_grade_s, fwd_bwd_s=t3 - t2, proj_opt_s=t4 - t3,
-                       completion_tokens=roll.n_tokens, tok_per_s=roll.n_tokens / step_s,
-                       gen_tok_per_s=roll.n_tokens / (t1 - t0), peak_GiB=peak,
-                       train_TFLOPs=fl / (t3 - t2) / 1e12, mfu=fl / (t3 - t2) / 1e12 / ceil["bf16_TFLOPs"])
-            log(f"  {label} iter {it}: " + ", ".join(f"{k}={_f(v)}" for k, v in row.items()))
-            if it > 0 or repeats == 0:
-                rows_out.append(row)
+        yield
     finally:
-        if grader is not None:
-            grader.close()
-    med = {k: (statistics.median([r[k] for r in rows_out]) if rows_out[0][k] is not None else None)
-           for k in rows_out[0]}
-    record("step", f"{label}: ours, {name}, {prompts_n}x{G}, {T} tok, rank {rank}, micro {micro}"
-           f"{', grad ckpt' if ckpt else ''}", attach_s=attach_s, **med)
-    del model, adapter, opt
-    return med
+        setattr(obj, name, old)
+
+
+SVD_MEMO: dict[int, tuple] = {}
+
+
+def memo_svd(orig):
+    """``adapter.svd_factors`` through the real function (hash, GPU SVD, cache write), computed once per
+    weight at full rank and truncated per rank: the rank sweep re-attaches without re-factoring."""
+    def svd(weight, rank, use_cache=True):
+        full = SVD_MEMO.get(id(weight))
+        if full is None:
+            full = SVD_MEMO[id(weight)] = timed("svd_s", orig)(weight, None, use_cache)
+        U, S, Vh, key = full
+        r = S.numel() if rank is None else min(rank, S.numel())
+        return U[:, :r].contiguous(), S[:r].contiguous(), Vh[:r].contiguous(), f"{key}-r{r}"
+    return svd
+
+
+def linear_flops(adapter, cfg_model, rank_note: str = "") -> tuple[float, float]:
+    """(base Linear params, knob-branch params r·(in+out)) over the adapted Linears."""
+    p_lin = p_knob = 0
+    for m in adapter.modules.values():
+        o, i = m.base.weight.shape
+        p_lin += o * i
+        p_knob += m.rank * (o + i)
+    return float(p_lin), float(p_knob)
+
+
+def train_flops(s, shapes: list[tuple], n_comp: int) -> float:
+    """Model FLOPs of the step's forward + input-gradient backward (base weights frozen): every adapted
+    Linear with its knob branch, attention (fwd 4·q·k·heads·head_dim per layer, bwd 2×), and the LM head
+    on completion tokens ×3 (forward, checkpointed recompute, backward). Padded shapes count."""
+    cfg = s.model.config
+    nl, nh = cfg.num_hidden_layers, cfg.num_attention_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
+    p_lin, p_knob = linear_flops(s.adapter, cfg)
+    tot = 0.0
+    for U, Lp, B, Lc in shapes:
+        tok = U * Lp + B * Lc
+        tot += 4 * (p_lin + p_knob) * tok
+        tot += 3 * 4 * nl * nh * hd * (U * Lp * Lp + B * Lc * (Lp + Lc))
+    return tot + 6 * cfg.vocab_size * cfg.hidden_size * n_comp
+
+
+class Trainer:
+    """The trainer's own ``setup`` / ``basis_for`` / ``train_step`` on a model folder, with timers."""
+
+    def __init__(self, folder: Path, smoke: bool, T: int, rank, P: int, G: int, micro: int, ckpt: bool = False,
+                 preset: str = "fast", **over):
+        import dataclasses
+
+        from projected_grpo import adapter as adapter_mod
+        from projected_grpo import train as tr
+        from projected_grpo.config import PRESETS
+
+        self.tr, self.adapter_mod = tr, adapter_mod
+        kw = dict(model=str(folder), dataset="humaneval", prompts_per_step=P, group=G, mix_ratio=0.0,
+                  max_new_tokens=T, beta=0.0, intervention="erase", adapter_rank=rank, micro_batch=micro,
+                  grad_checkpointing=ckpt, seed=0, sandbox_workers=min(16, os.cpu_count() or 1), log_samples=0)
+        if smoke:
+            kw.update(vhack_pairs=4, eval_problems=4)
+        kw.update(over)
+        self.cfg = dataclasses.replace(PRESETS[preset], **kw).validate()
+        self.device, self.dtype = tr.resolve_device(self.cfg)
+        TIMES.clear()
+        t = time.perf_counter()
+        with patched(tr, "load_model", timed("load_s", tr.load_model)), \
+                patched(adapter_mod, "svd_factors", memo_svd(adapter_mod.svd_factors)):
+            self.s = tr.setup(self.cfg, self.device, self.dtype)
+        sync()
+        self.setup_s = time.perf_counter() - t
+        self.s.grader = TextRewardGrader(self.s.grader)
+        self.s.run_path = Path(os.environ.get("BENCH_TMP", "/tmp")) / "bench-run"
+        self.s.run_path.mkdir(parents=True, exist_ok=True)
+        self.load_s, self.svd_s = TIMES.get("load_s", 0.0), TIMES.get("svd_s", 0.0)
+        self.new_basis()
+
+    def new_basis(self):
+        from projected_grpo.projection import Projector, UpdateProjector
+
+        sync()
+        t = time.perf_counter()
+        self.basis = self.tr.basis_for(self.cfg, self.s)
+        sync()
+        self.basis_s = time.perf_counter() - t
+        self.projector = Projector(self.s.adapter, self.basis.V, self.cfg.intervention, self.cfg.gate,
+                                   self.cfg.overshoot, self.cfg.preserve_magnitude)
+        self.update_proj = UpdateProjector(self.projector, self.cfg.project_update)
+        self.reset()
+
+    def reset(self):
+        """Knobs to zero, a fresh AdamW and schedule: the state of a new run's step 0."""
+        with torch.no_grad():
+            for p in self.s.adapter.parameters():
+                p.zero_()
+        self.opt = torch.optim.AdamW(self.s.adapter.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.tr.lr_lambda(self.cfg))
+
+    def rerank(self, rank):
+        """Re-attach the adapter at another rank on the same loaded model (SVD from the memo)."""
+        import dataclasses
+
+        from projected_grpo.adapter import SVDAdapter
+
+        self.s.adapter._swap_plain(plain=True)
+        self.cfg = dataclasses.replace(self.cfg, adapter_rank=rank)
+        t = time.perf_counter()
+        with patched(self.adapter_mod, "svd_factors", memo_svd(self.adapter_mod.svd_factors)):
+            self.s.adapter = SVDAdapter.attach(self.s.model, self.cfg.target_modules, self.cfg.layers, rank)
+        self.attach_s = time.perf_counter() - t
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.new_basis()
+
+    def with_tokens(self, T: int):
+        import dataclasses
+
+        self.cfg = dataclasses.replace(self.cfg, max_new_tokens=T)
+        self.reset()
+
+    def step(self, step: int) -> dict:
+        tr = self.tr
+        TIMES.clear()
+        SHAPES.clear()
+
+        def shapes(s, prompts, pairs, one_pass):
+            if one_pass:
+                L = max(len(prompts[pi]) + len(c) for pi, c in pairs)
+                SHAPES.append((0, 0, len(pairs), L))
+            else:
+                SHAPES.append((len(prompts), max(map(len, prompts)), len(pairs), max(len(c) for _, c in pairs)))
+            return orig_lp(s, prompts, pairs, one_pass)
+
+        orig_lp = tr._logprobs
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        p = self.projector
+        with patched(tr, "backward", timed("fwd_bwd_s", tr.backward)), patched(tr, "_logprobs", shapes), \
+                patched(p, "apply", timed("proj_s", p.apply)), patched(p, "cin", timed("proj_s", p.cin)), \
+                patched(self.opt, "step", timed("adamw_s", self.opt.step)):
+            row = tr.train_step(self.cfg, self.s, p, self.update_proj, self.opt, self.sched, step)
+        n_tok = round(row["tokens_per_s"] * row["gen_time_s"]) if row.get("tokens_per_s") else 0
+        fb = TIMES.get("fwd_bwd_s", float("nan"))
+        fl = train_flops(self.s, SHAPES, n_tok)
+        out = dict(step_s=row["step_time_s"], gen_s=row["gen_time_s"], grade_s=row["grade_time_s"], fwd_bwd_s=fb,
+                   proj_s=TIMES.get("proj_s", 0.0), adamw_s=TIMES.get("adamw_s", 0.0),
+                   completion_tokens=n_tok, tok_per_s=n_tok / row["step_time_s"],
+                   gen_tok_per_s=n_tok / row["gen_time_s"],
+                   peak_GiB=torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None,
+                   train_TFLOPs=fl / fb / 1e12, frac_zero_var=row["frac_zero_var"],
+                   capture_failed=row.get("rollout_capture_failed"))
+        out["other_s"] = out["step_s"] - out["gen_s"] - out["grade_s"] - fb - out["proj_s"] - out["adamw_s"]
+        self.last_row = row
+        return out
+
+
+def median_row(rows: list[dict]) -> dict:
+    out = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
+        out[k] = statistics.median(vals) if vals else rows[0][k]
+    return out
+
+
+METRIC_KEYS = ("reward", "loss", "gn", "cin_s", "cin", "cout", "cout_update", "dS", "frac_zero_var")
+
+
+def ours(tr: Trainer, ceil: dict, label: str, steps: int, first_step: int = 0) -> list[dict]:
+    """``steps`` train_steps; the first of a new shape is reported apart (compile / graph capture)."""
+    rows, metrics = [], []
+    for i in range(steps):
+        r = tr.step(first_step + i)
+        r["mfu"] = r["train_TFLOPs"] / ceil["bf16_TFLOPs"]
+        log(f"  {label} step {i}: " + ", ".join(f"{k}={_f(v)}" for k, v in r.items()))
+        rows.append(r)
+        metrics.append({k: tr.last_row.get(k) for k in METRIC_KEYS})
+    med = median_row(rows[1:] if len(rows) > 1 else rows)
+    record("ours", label, first_step_s=rows[0]["step_s"], **med, steps=len(rows))
+    return metrics
+
+
+def trainer_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int, Ts, rank, ranks, det: bool,
+                  evaluate: bool, budget):
+    folder = model_folder(name, root, smoke)
+    tr = Trainer(folder, smoke, Ts[0], rank, P, G, micro=16)
+    record("setup", f"{name}: setup() + basis_for() on {tr.device}, rank {rank}",
+           setup_s=tr.setup_s, load_s=tr.load_s, svd_all_linears_s=tr.svd_s, n_linears=len(tr.s.adapter.modules),
+           basis_s=tr.basis_s, vhack_pairs=tr.cfg.vhack_pairs, basis_axes=tr.basis.n_axes)
+    first = ours(tr, ceil, f"{name} T{Ts[0]} rank {rank}", 3)
+    if det:  # same config and seed from step 0 again, in the same process
+        tr.reset()
+        again = ours(tr, ceil, f"{name} T{Ts[0]} rank {rank} (rerun of steps 0-1 from a reset)", 2)
+        diffs = {k: max(abs((a[k] or 0.0) - (b[k] or 0.0)) for a, b in zip(first, again)) for k in METRIC_KEYS}
+        record("determinism", f"{name}: steps 0-1 twice from the same state (same config, seed)",
+               equal=all(a == b for a, b in zip(first, again)), **{f"maxdiff_{k}": v for k, v in diffs.items()})
+    if evaluate and budget(60):
+        from projected_grpo.train import evaluate as ev
+
+        sync()
+        t = time.perf_counter()
+        ev(tr.cfg, tr.s, route=False)
+        sync()
+        record("eval", f"{name}: evaluate() (greedy, {len(tr.s.eval_problems)} held-out x 2 prompt sets, "
+                       f"{tr.cfg.max_new_tokens} tokens)", eval_s=time.perf_counter() - t)
+    for T in Ts[1:]:
+        if not budget(40):
+            record("ours", f"{name} T{T}", skipped="device budget")
+            continue
+        tr.with_tokens(T)
+        ours(tr, ceil, f"{name} T{T} rank {rank}", 2, first_step=10)
+    tr.with_tokens(Ts[0])
+    for r in ranks:
+        if not budget(35):
+            record("rank", f"{name} rank {r}", skipped="device budget")
+            continue
+        tr.rerank(r)
+        record("rank", f"{name}: re-attach at rank {r}", attach_s=tr.attach_s, basis_s=tr.basis_s,
+               knobs=tr.s.adapter.n_knobs)
+        ours(tr, ceil, f"{name} T{Ts[0]} rank {r}", 2, first_step=20)
+    prompts = [tr.tr.render_prompt(tr.s.tokenizer, p) for p in tr.s.train_problems[:P]]
+    tr.s.grader.close()
+    del tr
+    SVD_MEMO.clear()
+    import shutil
+
+    from projected_grpo.models import cache_dir
+
+    shutil.rmtree(cache_dir() / "svd", ignore_errors=True)  # full-rank factors: ~2.6x the bf16 weights each
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return folder, prompts
+
+
+def svd_bench(smoke: bool, dev):
+    """GPU SVD drivers on the 1.7B shape's Linears (fp32), against the reconstruction."""
+    shapes = [(2048, 2048), (1024, 2048), (6144, 2048), (2048, 6144)] if not smoke else [(64, 32)]
+    for o, i in shapes:
+        w = torch.randn(o, i, device=dev) * 0.02
+        for drv in ((None, "gesvd") if dev.type == "cuda" else (None,)):
+            torch.linalg.svd(w[:64, :64], full_matrices=False, driver=drv)
+            sync()
+            t = time.perf_counter()
+            U, S, Vh = torch.linalg.svd(w, full_matrices=False, driver=drv)
+            sync()
+            dt = time.perf_counter() - t
+            err = float(torch.linalg.norm(U * S @ Vh - w) / torch.linalg.norm(w))
+            record("svd", f"torch.linalg.svd {o}x{i} fp32 driver {drv or 'default (gesvdj)'}", s=dt, rel_err=err)
+        sync()
+        t = time.perf_counter()
+        ev, V = torch.linalg.eigh(w.double().T @ w.double())  # Gram route: eig of WᵀW in fp64
+        S2 = ev.clamp(min=0).sqrt().flip(0)
+        V = V.flip(1)
+        U = (w.double() @ V) / S2.clamp(min=1e-30)
+        sync()
+        dt = time.perf_counter() - t
+        err = float(torch.linalg.norm((U * S2) @ V.T - w.double()) / torch.linalg.norm(w.double()))
+        record("svd", f"eigh(WᵀW) fp64 {o}x{i} (Gram route)", s=dt, rel_err=err)
+
+
+def svd_all(smoke: bool, dev, name: str):
+    """The trainer's ``adapter.svd_factors`` (no disk cache) over every adapted Linear of one shape,
+    against ``torch.linalg.svd``'s default driver on a few of them."""
+    from projected_grpo import adapter as adapter_mod
+    from projected_grpo.config import DEFAULT_TARGETS
+
+    model, _ = build_model(name, torch.bfloat16, dev, smoke)
+    lins = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in DEFAULT_TARGETS]
+    adapter_mod.svd_factors(lins[0].weight, None, use_cache=False)  # handles, kernels
+    sync()
+    t = time.perf_counter()
+    worst = 0.0
+    for m in lins:
+        U, S, Vh, _ = adapter_mod.svd_factors(m.weight, None, use_cache=False)
+        if m is lins[len(lins) // 2] or m is lins[-1]:
+            w = m.weight.float().cpu()
+            worst = max(worst, float(torch.linalg.norm(U * S @ Vh - w) / torch.linalg.norm(w)))
+    sync()
+    record("svd", f"adapter.svd_factors over all {len(lins)} Linears of {name} (bf16 weights, full rank, no cache)",
+           s=time.perf_counter() - t, rel_err_checked=worst)
+    del model
 
 
 # ---------------------------------------------------------------------------- TRL's GRPOTrainer
-def trl_bench(smoke: bool, dev, name: str, prompts_n: int, G: int, T: int, prompt_len: int, steps: int):
+def trl_bench(smoke: bool, dev, folder: Path, prompts: list[str], G: int, T: int, steps: int):
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     import trl
 
-    model, tok = build_model(name, torch.bfloat16 if dev.type == "cuda" else torch.float32, dev, smoke)
-    model.requires_grad_(True)
-    prompts = prompts_of(tok, prompts_n, prompt_len, seed=3)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(dev)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.padding_side = "left"
     from datasets.table import InMemoryTable
 
     # an explicit fingerprint: datasets' own hashing of the table state fails with some dill/pyarrow pairs
     ds = Dataset(InMemoryTable.from_pydict({"prompt": prompts * (steps + 2)}), fingerprint="bench-prompts")
 
-    def reward(completions, **kw):
-        return [random.random() for _ in completions]
+    def reward(completions, **kw):  # the same reward with variance as ours
+        return [text_score(c) for c in completions]
 
     times: list[float] = []
 
@@ -483,9 +736,10 @@ def trl_bench(smoke: bool, dev, name: str, prompts_n: int, G: int, T: int, promp
             times.append(time.perf_counter() - self.t)
             log(f"  trl step {len(times)}: {times[-1]:.2f}s")
 
-    micro = 16 if not smoke else 4
+    P = len(prompts)
+    micro = 16 if not smoke else 2
     args = GRPOConfig(output_dir="/tmp/trl_bench", per_device_train_batch_size=micro,
-                      gradient_accumulation_steps=prompts_n * G // micro, num_generations=G,
+                      gradient_accumulation_steps=P * G // micro, num_generations=G,
                       max_completion_length=T, beta=0.0, max_steps=steps, logging_steps=1, report_to="none",
                       save_strategy="no", learning_rate=1e-5, temperature=1.0, top_p=1.0,
                       bf16=dev.type == "cuda", use_cpu=dev.type != "cuda", seed=0)
@@ -495,15 +749,30 @@ def trl_bench(smoke: bool, dev, name: str, prompts_n: int, G: int, T: int, promp
                           peft_config=peft, callbacks=[Timer()])
     torch.cuda.reset_peak_memory_stats() if dev.type == "cuda" else None
     trainer.train()
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else None
     tail = times[1:] if len(times) > 1 else times
     step_s = statistics.median(tail)
-    n_tok = prompts_n * G * T  # upper bound: a random model almost never samples EOS
-    record("trl", f"TRL {trl.__version__} GRPOTrainer, {name}, LoRA r32, beta 0, {prompts_n}x{G}, {T} tok, "
-           f"HF generate, grad ckpt (TRL default)", step_s=step_s, steps=len(times),
-           all_steps=[round(x, 2) for x in times],
+    n_tok = P * G * T  # upper bound: a random model almost never samples EOS
+    record("trl", f"TRL {trl.__version__} GRPOTrainer, {folder.name}, LoRA r32, beta 0, {P}x{G}, {T} tok, "
+           f"HF generate, grad ckpt (TRL default)", step_s=step_s, first_step_s=times[0], steps=len(times),
            tok_per_s=n_tok / step_s, peak_GiB=peak)
+    del trainer, model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return step_s
+
+
+def pytest_gpu(out: str | None):
+    """``pytest -m gpu`` (tests/test_gpu.py), in this process so the compiled decode step is shared."""
+    import pytest
+
+    args = ["-m", "gpu", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_gpu.py")]
+    if out:
+        args += [f"--junitxml={out}"]
+    t = time.perf_counter()
+    rc = pytest.main(args)
+    record("pytest", "pytest -m gpu tests/test_gpu.py (in the benchmark process)", rc=int(rc),
+           s=time.perf_counter() - t)
 
 
 # ---------------------------------------------------------------------------- output
@@ -534,46 +803,98 @@ def write(md: str | None, js: str | None, header: str):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU: exercise every code path")
-    ap.add_argument("--section", default="main",
-                    choices=["main", "trl", "check", "decode", "step", "big", "extra", "second"])
+    ap.add_argument("--section", default="trainer", choices=["trainer", "check", "decode", "extra", "second", "svd", "folders"])
     ap.add_argument("--md")
     ap.add_argument("--json")
+    ap.add_argument("--junit", help="where `pytest -m gpu` writes its junit xml")
+    ap.add_argument("--models", default=os.environ.get("BENCH_MODELS", "/dev/shm/pgrpo-models"),
+                    help="folder for the random-weight model folders")
+    ap.add_argument("--budget-s", type=float, default=1e9,
+                    help="skip sections that would not finish within this many seconds of the start")
     ap.add_argument("--shapes", default="qwen3-0.6b,qwen3-1.7b,qwen3-4b")
     a = ap.parse_args()
+    t_start = time.perf_counter()
+
+    def budget(need: float) -> bool:
+        return time.perf_counter() - t_start + need <= a.budget_s
+
     smoke = a.cpu_smoke
     dev = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = False
-    shapes = a.shapes.split(",") if not smoke else ["smoke"]
-    P, G, PL = (16, 8, 128) if not smoke else (4, 2, 16)
-    header = f"bench_gpu.py --section {a.section}: {versions()}; random-weight Qwen3 shapes, bf16, 128-token prompts"
+    shapes = a.shapes.split(",") if not smoke else ["smoke"] * 3
+    P, G, PL = (16, 8, 128) if not smoke else (2, 2, 16)
+    Ts = (256, 512) if not smoke else (8, 12)
+    rank = 256 if not smoke else 8
+    header = (f"bench_gpu.py --section {a.section}: {versions()}; random-weight Qwen3 shapes, bf16; trainer rows: "
+              f"humaneval prompts, {P}x{G}, all rows sampled by the policy, beta 0, erase, text-score reward")
     log(header)
     ceil = {"copy_TBps": 4.3, "read_TBps": 4.3, "bf16_TFLOPs": 790.0}
     with section("ceilings"):
         ceil = ceilings(smoke)
         record("ceilings", "device-to-device copy (R+W) / read (sum) / bf16 8192^3 matmul", **ceil)
-    if a.section in ("main", "check", "second"):
+    root = Path(a.models)
+    root.mkdir(parents=True, exist_ok=True)
+    if a.section == "trainer":
+        s06, s17, s4 = shapes[0], shapes[1 % len(shapes)], shapes[-1]
+        with section("svd drivers"):
+            svd_bench(smoke, dev)
+        prompts17 = None
+        with section(f"ours {s17}"):
+            folder17, prompts17 = trainer_bench(smoke, ceil, root, s17, P, G, Ts, rank,
+                                                (64, 1024, None) if not smoke else (4, None), det=True,
+                                                evaluate=True, budget=budget)
+        if prompts17 and budget(70):
+            with section(f"trl {s17}"):
+                trl_bench(smoke, dev, folder17, prompts17, G, Ts[0], steps=2)
+        if budget(40) and (dev.type == "cuda" or os.environ.get("BENCH_PYTEST")):
+            with section("pytest -m gpu"):
+                pytest_gpu(a.junit)
+        if budget(30):
+            decode_bench(smoke, dev, ceil, [s17], [256] if not smoke else [4], 512 if not smoke else 24, PL,
+                         variants=False)
+        for name, need in ((s06, 100), (s4, 200)):
+            if not budget(need):
+                record("ours", f"{name}", skipped="device budget")
+                continue
+            prompts = None
+            with section(f"ours {name}"):
+                folder, prompts = trainer_bench(smoke, ceil, root, name, P, G, Ts, rank, (), det=False,
+                                                evaluate=False, budget=budget)
+            if prompts and budget(60):
+                with section(f"trl {name}"):
+                    trl_bench(smoke, dev, folder, prompts, G, Ts[0], steps=2)
+        if budget(150):
+            with section(f"{s4} --preset full, 1024 tokens (no-OOM check)"):
+                T = 1024 if not smoke else 16
+                tr = Trainer(model_folder(s4, root, smoke), smoke, T, rank, 43 if not smoke else 2,
+                             6 if not smoke else 2, micro=16, preset="full", beta=1e-3)
+                record("setup", f"{s4} --preset full setup", setup_s=tr.setup_s, svd_all_linears_s=tr.svd_s,
+                       basis_s=tr.basis_s)
+                ours(tr, ceil, f"{s4} --preset full T{T} rank {rank}, beta 1e-3", 2)
+                tr.s.grader.close()
+                del tr
+    if a.section == "folders":  # for `projected-grpo train --model FOLDER` runs
+        for name in dict.fromkeys(shapes):
+            record("folders", name, path=str(model_folder(name, root, smoke)))
+    if a.section == "svd":
+        with section("svd drivers"):
+            svd_bench(smoke, dev)
+        for name in (shapes[1 % len(shapes)], shapes[-1]):
+            with section(f"svd all {name}"):
+                svd_all(smoke, dev, name)
+        if dev.type == "cuda" or os.environ.get("BENCH_PYTEST"):
+            with section("pytest -m gpu"):
+                pytest_gpu(a.junit)
+    if a.section in ("check", "second"):
         with section("check"):
             check_equal(smoke, dev)
-    if a.section in ("main", "decode"):
+    if a.section == "decode":
         decode_bench(smoke, dev, ceil, shapes, [64, 256] if not smoke else [4, 8], 512 if not smoke else 24,
                      PL, variants=True)
-    if a.section in ("main", "step"):
-        s17 = shapes[1] if len(shapes) > 1 else shapes[0]
-        for T in ((256, 512) if not smoke else (12,)):
-            with section(f"our step {s17} T{T}"):
-                our_step_bench(smoke, dev, ceil, s17, P, G, T, PL, rank=256 if not smoke else 8, micro=16,
-                               ckpt=False, repeats=1, label=f"step T{T}")
-    if a.section in ("main", "big"):
-        with section("our step 4B T1024 (no-OOM check)"):
-            our_step_bench(smoke, dev, ceil, shapes[-1], P, G, 1024 if not smoke else 16, PL,
-                           rank=256 if not smoke else 8, micro=16, ckpt=True, repeats=0, label="4B T1024")
     if a.section in ("extra", "second"):
         with section("extra"):
             extra_bench(smoke, dev, ceil, shapes[0], 256 if not smoke else 8, 512 if not smoke else 24, PL)
-    if a.section == "trl":
-        s17 = shapes[1] if len(shapes) > 1 else shapes[0]
-        with section("trl"):
-            trl_bench(smoke, dev, s17, P, G, 256 if not smoke else 8, PL, steps=3 if not smoke else 2)
+    record("total", "benchmark wall time", s=time.perf_counter() - t_start)
     write(a.md, a.json, header)
 
 

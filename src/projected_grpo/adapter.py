@@ -57,7 +57,10 @@ def svd_factors(weight: torch.Tensor, rank: int | None, use_cache: bool = True):
         t = load_file(path)
         return t["U"], t["S"], t["Vh"], key
     # on the weight's own device: a GPU factors a 4B model's Linears in seconds, a CPU in minutes
-    U, S, Vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
+    if weight.is_cuda:
+        U, S, Vh = gram_svd(weight.detach())
+    else:
+        U, S, Vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
     if rank is not None:
         U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
     U, S, Vh = U.cpu().contiguous(), S.cpu().contiguous(), Vh.cpu().contiguous()
@@ -67,6 +70,30 @@ def svd_factors(weight: torch.Tensor, rank: int | None, use_cache: bool = True):
         save_file({"U": U, "S": S, "Vh": Vh}, tmp)
         tmp.replace(path)
     return U, S, Vh, key
+
+
+def gram_svd(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD ``U (out, m), S (m,), Vh (m, in)`` (m = min side, S descending) through the fp64
+    eigendecomposition of the smaller Gram matrix, returned in fp32. On an H200 (docs/PERF.md) this is
+    ~7x faster than ``torch.linalg.svd``'s default GPU driver (gesvdj) on a 6144x2048 weight and more
+    accurate (reconstruction 5e-15 vs 5e-4). Singular vectors of the small side come from ``eigh``; the
+    other side is ``W v / s``, re-orthonormalised by a QR so directions with tiny ``s`` stay orthonormal.
+    Each rank-1 term ``u_i s_i v_iᵀ`` is unique for distinct ``s_i``, so knobs mean the same as with any
+    other SVD."""
+    w = weight.double()
+    tall = w.shape[0] >= w.shape[1]
+    a = w if tall else w.T  # (big, m)
+    ev, V = torch.linalg.eigh(a.T @ a)  # ascending
+    ev, V = ev.flip(0).clamp(min=0), V.flip(1)
+    S = ev.sqrt()
+    Q, R = torch.linalg.qr(a @ V)  # a V = U diag(S); QR fixes the columns with tiny S
+    sign = torch.where(torch.diagonal(R) < 0, -1.0, 1.0).to(Q.dtype)
+    Ub = Q * sign  # (big, m), columns aligned with a V
+    if tall:
+        U, Vh = Ub, V.T
+    else:
+        U, Vh = V, Ub.T
+    return U.float(), S.float(), Vh.float()
 
 
 class KnobLinear(nn.Module):

@@ -359,6 +359,26 @@ class Decoder:
             self.step(S)
 
 
+def capture_or_eager(dec: "Decoder", pool, out: Rollouts) -> bool:
+    """Capture ``dec``'s decode graphs; on failure decode eagerly (never lose a rollout to a capture
+    problem) and record it in ``out.capture_failed`` / ``out.capture_error``, which the trainer writes
+    into the step's metrics (``rollout_capture_failed``). Returns whether graphs were captured."""
+    try:
+        dec.capture(pool)
+        return True
+    except RuntimeError as e:
+        import warnings
+
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        warnings.warn(f"CUDA graph capture failed, decoding without graphs: {msg}")
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        dec.graphs.clear()
+        out.capture_failed += 1
+        out.capture_error = out.capture_error or msg
+        return False
+
+
 def _sync(dev: torch.device):
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -405,14 +425,7 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, 
             dec = Decoder(sp, B, L, max_new_tokens, eos, pad, temp, top_p, attn, bucket, compile)
             t0 = time.perf_counter()
             if use_graphs:
-                try:
-                    dec.capture(pool)
-                except RuntimeError as e:  # never lose a rollout to a capture problem: run eagerly
-                    import warnings
-
-                    warnings.warn(f"CUDA graph capture failed, decoding without graphs: {e}")
-                    torch.cuda.synchronize()
-                    dec.graphs.clear()
+                capture_or_eager(dec, pool, out)
             _sync(dev)
             t1 = time.perf_counter()
             dec.prefill(ids.to(dev), pads, torch.tensor(seeds[s0:s0 + bs], dtype=torch.long, device=dev))

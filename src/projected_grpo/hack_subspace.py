@@ -110,7 +110,15 @@ def completion_grads(model, adapter: SVDAdapter, tokenizer, rows: list[tuple[str
             nll = -(logp.sum(1) * w).sum()
             torch.autograd.grad(nll, adapter.knobs())
         for n in adapter.modules:
-            out[n].append(row_grads[n].detach().float().cpu())
+            g = row_grads[n].detach().float().cpu()
+            if not bool(torch.isfinite(g).all()):  # else the SVD below dies with a LinAlgError traceback
+                from .config import ConfigError
+
+                raise ConfigError(
+                    f"hack-subspace extraction: non-finite knob gradient in module {n} (pair rows {s}-{s + len(g) - 1}); "
+                    f"likely the tokenizer maps the completion text to its pad id (check unk_token != pad_token) or "
+                    f"the forward overflows in {next(model.parameters()).dtype} (try --dtype float32)")
+            out[n].append(g)
     return {n: torch.cat(v) for n, v in out.items()}
 
 

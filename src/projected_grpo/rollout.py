@@ -9,7 +9,7 @@ resumed, re-batched or data-parallel run draws the same samples as an uninterrup
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import LogitsProcessorList
@@ -25,6 +25,8 @@ class Rollouts:
     completion_ids: list[list[int]]  # up to and including EOS when the sample finished
     texts: list[str]
     truncated: list[bool]  # hit max_new_tokens without EOS
+    capture_failed: int = 0  # fast backend: decode batches whose CUDA-graph capture failed (ran eagerly)
+    capture_error: str = field(default="")  # the first such failure, one line
 
     def add(self, prompt_ids: list[int], new_tokens: list[int], eos: int, tokenizer) -> None:
         """Append one sampled row, cut after its first EOS; a row without EOS used every position."""

@@ -593,7 +593,8 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     diag.update(update_proj.after(before))
     opt.zero_grad(set_to_none=True)
     # --- metrics row over the global batch, in global order
-    parts = dist.gather((records, zero_var.tolist(), loss_val, kl_sum, roll.n_tokens, gen_time, grade_time))
+    parts = dist.gather((records, zero_var.tolist(), loss_val, kl_sum, roll.n_tokens, gen_time, grade_time,
+                         roll.capture_failed))
     records = sorted(r for part in parts for r in part[0])
     st, te = [r for r in records if r[2]], [r for r in records if not r[2]]
     dS, dSh = s.adapter.norms()
@@ -608,7 +609,8 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     for mode in cfg.modes:
         row[f"hack_s_{mode}"] = sum(1 for r in st if r[4] and r[6] == mode)
     row.update(step_time_s=time.perf_counter() - t0, gen_time_s=gen_time, grade_time_s=max(p[6] for p in parts),
-               tokens_per_s=n_tok / gen_time if gen_time > 0 and n_tok else None)
+               tokens_per_s=n_tok / gen_time if gen_time > 0 and n_tok else None,
+               rollout_capture_failed=sum(p[7] for p in parts))  # fast backend fell back to eager decoding
     return row
 
 
