@@ -852,7 +852,9 @@ def main():
         if budget(30):
             decode_bench(smoke, dev, ceil, [s17], [256] if not smoke else [4], 512 if not smoke else 24, PL,
                          variants=False)
-        for name, need in ((s06, 100), (s4, 200)):
+        for name, need in dict.fromkeys(((s06, 100), (s4, 200))):  # --shapes X: the main block on X only
+            if name == s17:
+                continue
             if not budget(need):
                 record("ours", f"{name}", skipped="device budget")
                 continue
