@@ -27,7 +27,7 @@ def _train(run_dir, *flags):
 
 def test_train_fast_backend_equals_hf_backend(tmp_path):
     flags = ["--steps", "2", "--intervention", "erase", "--mix-ratio", "0.5", "--eval-problems", "2",
-             "--max-new-tokens", "24"]
+             "--max-new-tokens", "16"]
     fast = _train(tmp_path / "fast", "--rollout-backend", "fast", *flags)
     hf = _train(tmp_path / "hf", "--rollout-backend", "hf", *flags)
     assert [r["step"] for r in fast] == [1, 2]
