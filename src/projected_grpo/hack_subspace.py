@@ -24,7 +24,6 @@ Negative controls, k matched per module to the real basis:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .adapter import SVDAdapter
+from .cachekey import basis_key
 from .grpo import completion_logprobs, encode_completion, make_batch, row_weights
 
 SOURCES = ("real", "random", "label_permuted", "matched_capture", "nonhack")
@@ -311,7 +311,7 @@ def extract_basis(model, adapter: SVDAdapter, tokenizer, pairs: list[tuple[str, 
         raise ValueError("hack subspace extraction needs at least one (hack, clean) pair")
     settings = dict(source=source, k=k, tau=tau, quantile=quantile, seed=seed, loss_norm=loss_norm,
                     max_new_tokens=max_new_tokens, **({"amp": True} if amp else {}))
-    key = _cache_key(adapter, pairs, settings)
+    key = _cache_key(model, adapter, tokenizer, pairs, settings)
     path = cache / f"{key}.safetensors" if cache is not None else None
     if path is not None and path.exists():
         return HackBasis.load(path)
@@ -333,11 +333,6 @@ def extract_basis(model, adapter: SVDAdapter, tokenizer, pairs: list[tuple[str, 
     return basis
 
 
-def _cache_key(adapter: SVDAdapter, pairs, settings: dict) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    h.update(adapter.metadata()["svd_keys"].encode())
-    for t in adapter.knob_tensors().values():  # knob values matter for a refresh mid-run
-        h.update(t.numpy().tobytes())
-    h.update(json.dumps(pairs).encode())
-    return h.hexdigest()[:20]
+def _cache_key(model, adapter: SVDAdapter, tokenizer, pairs, settings: dict) -> str:
+    """Everything that determines the basis: settings, pairs, all weights, knobs, tokenizer, code (cachekey.py)."""
+    return basis_key(model, adapter, tokenizer, pairs, settings)

@@ -29,6 +29,7 @@ import torch
 
 from . import distributed as dist
 from .adapter import SVDAdapter
+from .cachekey import teacher_pool_key
 from .config import Config, ConfigError, config_from_dict
 from .env.grader import GraderPool
 from .env.pool import TeacherPool, build_teacher_pool, make_pairs
@@ -344,9 +345,7 @@ def teacher_pool(cfg: Config, problems: list[Problem], grader: GraderPool, note)
         except ValueError as e:
             raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: {e}") from e
     # every mode's demonstrations: vhack_known_modes restricts V's pairs only (leave-one-mode-out)
-    key = hashlib.sha256(json.dumps([cfg.dataset, [(p.id, p.mode) for p in problems], cfg.teacher_per_problem,
-                                     None, cfg.format_bonus, cfg.pass_reward]).encode()).hexdigest()[:16]
-    path = cache_dir() / "pools" / f"{key}.jsonl"
+    path = cache_dir() / "pools" / f"{teacher_pool_key(cfg, problems)}.jsonl"  # content, grader, sandbox, code
     if path.exists():
         return TeacherPool.load(path)
     note(f"building the teacher pool ({len(problems)} problems, graded once)")
