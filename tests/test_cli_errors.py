@@ -224,3 +224,33 @@ def test_grade_bad_lines_exit_code(tmp_path):
     out = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len(out) == 5 and "format_ok" in out[0] and all("error" in o and "format_ok" not in o for o in out[1:])
     assert "4 line(s) not graded" in r.stderr
+
+
+# ----------------------------------------------------------------------------- silent mistakes, now loud or fixed
+def test_auto_dtype_is_part_of_a_runs_identity():
+    """A CPU fp32 run and a GPU bf16 run of one config never share a name; fp32 adds nothing to the identity,
+    so every run made on a CPU before (and every test pinning its name) keeps its hash."""
+    import dataclasses
+
+    smoke = PRESETS["smoke"]
+    cpu, gpu = dataclasses.replace(smoke, device="cpu"), dataclasses.replace(smoke, device="cuda")
+    assert cpu.resolved_dtype() == "float32" and gpu.resolved_dtype() == "bfloat16"
+    assert "auto_dtype" not in cpu._identity() and gpu._identity()["auto_dtype"] == "bfloat16"
+    assert cpu.hash() != gpu.hash() and cpu.match_hash() != gpu.match_hash()
+    assert dataclasses.replace(gpu, amp=True).resolved_dtype() == "float32"  # --amp keeps fp32 weights
+    assert dataclasses.replace(smoke, dtype="float32", device="cuda")._identity() == \
+        dataclasses.replace(smoke, dtype="float32", device="cpu")._identity() | {"device": "cuda"}
+
+
+def test_tilde_expanded_for_check_and_loader(tmp_path, monkeypatch):
+    """`~` in --model / --dataset / --run-dir / --teacher-pool reaches every loader expanded."""
+    from projected_grpo.config import parse_config
+    from projected_grpo.models import model_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "m").mkdir()
+    cfg = parse_config(["--model", "~/m", "--dataset", "leetcode:~/p.jsonl", "--run-dir", "~/r",
+                        "--teacher-pool", "~/pool.jsonl"])
+    assert (cfg.model, cfg.dataset, cfg.run_dir, cfg.teacher_pool) == (
+        str(tmp_path / "m"), f"leetcode:{tmp_path / 'p.jsonl'}", str(tmp_path / "r"), str(tmp_path / "pool.jsonl"))
+    assert model_path("~/m") == str(tmp_path / "m")  # the loader expands too, for configs built in code

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
+from . import interrupts
 from .adapter import SVDAdapter
 from .cachekey import teacher_pool_key
 from .config import Config, ConfigError, config_from_dict
@@ -444,6 +445,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
     if not dist.is_main():
         run, state = RunDir.open(cfg, write=False)
     s = None
+    restore_sigterm = interrupts.stop_on_sigterm()  # SIGTERM unwinds like Ctrl-C: the finally below runs
     try:  # from here on the run dir is locked (rank 0): released in the finally, whatever happens
         if state is not None:
             check_checkpoint(run.ckpt)  # before the model load
@@ -497,11 +499,12 @@ def train(cfg: Config, quiet: bool = False) -> Path:
                     row.update(evaluate(cfg, s, route=cfg.intervention == "route"))
                 dist.barrier()
             if dist.is_main():
-                run.append_metrics(row)
-                tracker.log(row, step)
-                run.save_checkpoint(s.adapter, {"step": step + 1, "optimizer": opt.state_dict(),
-                                                "scheduler": sched.state_dict(), "rng": rng_state(),
-                                                "config_hash": cfg.hash()}, basis)
+                with interrupts.deferred():  # Ctrl-C / SIGTERM wait until the row and its checkpoint are whole
+                    run.append_metrics(row)
+                    tracker.log(row, step)
+                    run.save_checkpoint(s.adapter, {"step": step + 1, "optimizer": opt.state_dict(),
+                                                    "scheduler": sched.state_dict(), "rng": rng_state(),
+                                                    "config_hash": cfg.hash()}, basis)
             bar.set_postfix(hack_s=_fmt(row.get("hack_s")), solve_s=_fmt(row.get("solve_s")), cin=_fmt(row.get("cin")))
         bar.close()
         tracker.close()
@@ -514,6 +517,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         dist.barrier()
         return run.path
     finally:
+        restore_sigterm()
         if s is not None:
             s.grader.close()
         run.release()

@@ -1,0 +1,54 @@
+"""Ctrl-C and SIGTERM during training: stop cleanly, never half-way through writing a checkpoint.
+
+`stop_on_sigterm()` makes SIGTERM (a scheduler's or `kill`'s stop) raise `Interrupted` like Ctrl-C raises
+KeyboardInterrupt, so the trainer's `finally` runs (sandbox servers closed, run-dir lock released) instead of
+the process vanishing. `deferred()` holds both signals while a step's metrics row and checkpoint are written
+and raises once they are complete: the run directory always holds the last finished step, and `--resume`
+continues it exactly. (SIGKILL cannot be caught; the checkpoint's two renames cover it, train.RunDir.)
+
+Owns signal handlers only; imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM; ``signum`` gives the CLI its exit status (128 + signum)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise(signum, frame):
+    raise Interrupted(signum)
+
+
+def stop_on_sigterm():
+    """Install SIGTERM → Interrupted; return the function that puts the previous handler back. A no-op off
+    the main thread (Python delivers signals there only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = signal.signal(signal.SIGTERM, _raise)
+    return lambda: signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Ctrl-C / SIGTERM arriving inside the block are held until it ends, then raised as Interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if pending:
+        raise Interrupted(pending[0])

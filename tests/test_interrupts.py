@@ -1,0 +1,86 @@
+"""SIGTERM and Ctrl-C during training: the run stops with one line and exit 128 + signal, the checkpoint on disk
+is whole (the last finished step), and `--resume` continues to the same metrics and knobs as an uninterrupted
+run (as test_train's SIGKILL test)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from projected_grpo import train as train_mod
+from projected_grpo.cli import main
+
+TIMING = {"step_time_s", "gen_time_s", "grade_time_s", "tokens_per_s"}
+FLAGS = ["--preset", "smoke", "--steps", "5", "--intervention", "route", "--sandbox-workers", "1", "--eval-every", "2"]
+
+
+def _rows(run):
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_run(a, b):
+    assert _rows(a) == _rows(b)
+    ka, kb = load_file(a / "ckpt" / "knobs.safetensors"), load_file(b / "ckpt" / "knobs.safetensors")
+    assert ka.keys() == kb.keys() and all(torch.equal(ka[k], kb[k]) for k in ka)
+
+
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "projected_grpo.cli", "train", *FLAGS]
+    full = tmp_path / "full"
+    subprocess.run([*cmd, "--run-dir", str(full)], check=True, env=env, capture_output=True)
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([*cmd, "--run-dir", str(stopped)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = stopped / "metrics.jsonl"
+    deadline = time.time() + 600  # a loaded 2-core machine runs a smoke step in tens of seconds
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted"), err
+    n = len(metrics.read_text().splitlines())
+    assert 2 <= n < 5, "the run must be stopped mid-way"
+    state = torch.load(stopped / "ckpt" / "state.pt", weights_only=False)
+    assert state["step"] == n  # the checkpoint is the last finished step's, whole
+    assert not (stopped / "ckpt.tmp").exists() and not (stopped / "ckpt.old").exists()
+    subprocess.run([*cmd, "--run-dir", str(stopped), "--resume"], check=True, env=env, capture_output=True)
+    _same_run(full, stopped)
+
+
+def test_ctrl_c_while_the_checkpoint_is_written_waits_for_it(tmp_path, monkeypatch, capsys):
+    """Ctrl-C delivered in the middle of save_checkpoint: the checkpoint is finished first, then the run
+    stops (exit 130); resuming gives the uninterrupted run."""
+    full = tmp_path / "full"
+    assert main(["train", *FLAGS, "--run-dir", str(full)]) == 0
+    save, knob_save = train_mod.RunDir.save_checkpoint, train_mod.SVDAdapter.save
+    calls = []
+
+    def save_checkpoint(self, adapter, state, basis):
+        calls.append(state["step"])
+        return save(self, adapter, state, basis)
+
+    def knob_save_then_ctrl_c(self, path):
+        knob_save(self, path)
+        if calls[-1] == 2 and "ckpt.tmp" in str(path):  # the knobs of step 2 written, basis and state not yet
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs now: were it not deferred, the checkpoint would stay at step 1
+
+    monkeypatch.setattr(train_mod.RunDir, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(train_mod.SVDAdapter, "save", knob_save_then_ctrl_c)
+    part = tmp_path / "part"
+    capsys.readouterr()
+    assert main(["train", *FLAGS, "--run-dir", str(part)]) == 128 + signal.SIGINT
+    assert "interrupted" in capsys.readouterr().err
+    assert calls == [1, 2]  # stopped right after step 2's checkpoint, which is complete
+    assert torch.load(part / "ckpt" / "state.pt", weights_only=False)["step"] == 2
+    monkeypatch.setattr(train_mod.RunDir, "save_checkpoint", save)
+    monkeypatch.setattr(train_mod.SVDAdapter, "save", knob_save)
+    assert main(["train", *FLAGS, "--run-dir", str(part), "--resume"]) == 0
+    _same_run(full, part)
