@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from projected_grpo import train as train_mod
 from projected_grpo.cli import main
 
 TIMING = {"step_time_s", "gen_time_s", "grade_time_s", "tokens_per_s"}
@@ -59,3 +60,32 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, full):
     subprocess.run([*cmd, "--run-dir", str(stopped), "--resume"], check=True, env=env, capture_output=True)
     _same_run(full, stopped)
 
+
+def test_ctrl_c_while_the_checkpoint_is_written_waits_for_it(tmp_path, monkeypatch, capsys, full):
+    """Ctrl-C delivered in the middle of save_checkpoint: the checkpoint is finished first, then the run
+    stops (exit 130); resuming gives the uninterrupted run."""
+    save, knob_save = train_mod.RunDir.save_checkpoint, train_mod.SVDAdapter.save
+    calls = []
+
+    def save_checkpoint(self, adapter, state, basis):
+        calls.append(state["step"])
+        return save(self, adapter, state, basis)
+
+    def knob_save_then_ctrl_c(self, path):
+        knob_save(self, path)
+        if calls[-1] == 2 and "ckpt.tmp" in str(path):  # the knobs of step 2 written, basis and state not yet
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs now: were it not deferred, the checkpoint would stay at step 1
+
+    monkeypatch.setattr(train_mod.RunDir, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(train_mod.SVDAdapter, "save", knob_save_then_ctrl_c)
+    part = tmp_path / "part"
+    capsys.readouterr()
+    assert main(["train", *FLAGS, "--run-dir", str(part)]) == 128 + signal.SIGINT
+    assert "interrupted" in capsys.readouterr().err
+    assert calls == [1, 2]  # stopped right after step 2's checkpoint, which is complete
+    assert torch.load(part / "ckpt" / "state.pt", weights_only=False)["step"] == 2
+    monkeypatch.setattr(train_mod.RunDir, "save_checkpoint", save)
+    monkeypatch.setattr(train_mod.SVDAdapter, "save", knob_save)
+    assert main(["train", *FLAGS, "--run-dir", str(part), "--resume"]) == 0
+    _same_run(full, part)
