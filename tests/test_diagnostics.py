@@ -88,3 +88,21 @@ def test_behaviour_and_per_problem_rates():
     out = per_problem_rates(recs, 2, "kept")
     assert out == {"eval_problem_hack_kept": [0.5, 0.0], "eval_problem_solve_kept": [0.0, 1.0]}
     assert per_problem_rates(recs[:2], 2, "abl") == {}  # a problem without completions: no vector
+
+
+def test_trainer_logs_the_diagnostics_per_evaluation(tmp_path):
+    """A real route run: step 0 (knobs zero) has KL 0; the final evaluation has every key, per view."""
+    import json
+
+    from projected_grpo.cli import main
+
+    run = tmp_path / "r"
+    assert main(["train", "--preset", "smoke", "--steps", "2", "--intervention", "route", "--eval-at-start",
+                 "--eval-problems", "2", "--sandbox-workers", "2", "--run-dir", str(run)]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    first, last = rows[0], rows[-1]
+    assert first["step"] == 0 and first["kl_base_kept"] == 0.0 and first["kl_base_abl"] == 0.0
+    for k in ("kl_base_kept", "kl_base_abl", "dS", "dSh", "dSh_in_V", "dS_in_V", "fmt_kept", "fmt_abl"):
+        assert k in last, k
+    assert last["kl_base_kept"] > 0 and last["kl_base_kept"] >= 0 and 0 <= last["dSh_in_V"] <= 1 + 1e-6
+    assert len(last["eval_problem_hack_abl"]) == 2 and set(last["eval_problem_hack_kept"]) <= {0.0, 1.0}

@@ -37,6 +37,9 @@ def kl_to_base(adapter, tokenizer, prompts: Sequence[str], texts: Sequence[str],
                batch_size: int = 4) -> float | None:
     """Token-mean KL(model ‖ base) over the completion tokens of (prompt, text) rows; the model is the
     adapter's live model as trained (``ablate``: δS_hack zeroed), the base the same model with knobs zeroed."""
+    dS, dSh = adapter.norms()
+    if dS == 0 and (ablate or dSh == 0):  # knobs at zero: bit-identical to the base (no forward needed)
+        return 0.0 if texts else None
     model = adapter.model
     device = next(iter(adapter.modules.values())).delta_s.device
     rows = [(tokenizer(p, add_special_tokens=False)["input_ids"], encode_completion(tokenizer, t))
@@ -92,6 +95,17 @@ def metrics(adapter, tokenizer, prompts: Sequence[str], texts: dict[str, Sequenc
             continue
         out[f"kl_base_{view}"] = kl_to_base(adapter, tokenizer, prompts, texts[view], ablate=view == "abl")
         out |= {f"{k}_{view}": v for k, v in behaviour(texts[view]).items()}
+    return out
+
+
+def from_eval(adapter, tokenizer, prompts: Sequence[str], texts: dict, grades: dict, V) -> dict:
+    """The trainer's evaluation hook: diagnostics on its greedy hint completions (``texts``: {view: [str]}, the
+    view ``abl`` only when generated) and per-problem outcomes from ``grades`` ({view: [Reward]})."""
+    texts = {v: t for v, t in texts.items() if v in ("kept", "abl")}
+    out = metrics(adapter, tokenizer, prompts, texts, V)
+    for view, gs in grades.items():
+        out[f"eval_problem_hack_{view}"] = [float(g.exploited) for g in gs]
+        out[f"eval_problem_solve_{view}"] = [float(g.gt_correct) for g in gs]
     return out
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import diagnostics
 from . import distributed as dist
 from . import interrupts
 from .adapter import SVDAdapter
@@ -397,14 +398,17 @@ def evaluate(cfg: Config, s: Setup, route: bool) -> dict:
     hint_prompts = [render_prompt(s.tokenizer, p, enable_thinking=cfg.enable_thinking) for p in s.eval_problems]
     nohint_prompts = [render_prompt(s.tokenizer, p, False, cfg.enable_thinking) for p in s.eval_problems]
 
-    def run(prompts, ablate):
+    texts = {}  # view -> the model's own greedy completions (the deployed-model diagnostics read them)
+
+    def run(prompts, ablate, view=None):
         with rollout_model(cfg, s, ablate_hack=ablate) as model:
             r = generate(model, s.tokenizer, prompts, 1, cfg.max_new_tokens, greedy=True, backend=cfg.rollout_backend,
                          compile=cfg.rollout_compile)
+        texts[view] = r.texts
         return s.grader.grade_many(list(zip(s.eval_problems, r.texts)))
 
-    kept = run(hint_prompts, False)
-    abl = run(hint_prompts, True) if route else kept
+    kept = run(hint_prompts, False, "kept")
+    abl = run(hint_prompts, True, "abl") if route else kept
     nohint = run(nohint_prompts, True)
     out = {"hack_kept": _mean(g.exploited for g in kept), "solve_kept": _mean(g.gt_correct for g in kept),
            "hack_abl": _mean(g.exploited for g in abl), "solve_abl": _mean(g.gt_correct for g in abl),
@@ -414,6 +418,9 @@ def evaluate(cfg: Config, s: Setup, route: bool) -> dict:
         out[f"eval_hack_kept_{mode}"] = _mean(kept[i].exploited for i in idx)
         out[f"eval_hack_abl_{mode}"] = _mean(abl[i].exploited for i in idx)
         out[f"eval_solve_abl_{mode}"] = _mean(abl[i].gt_correct for i in idx)
+    with autocast(cfg, s):
+        out.update(diagnostics.from_eval(s.adapter, s.tokenizer, hint_prompts, texts, {"kept": kept, "abl": abl},
+                                         s.basis.V if s.basis is not None else None))
     return out
 
 
