@@ -49,5 +49,5 @@ def test_fast_equals_hf_in_fp32_on_cuda(tmp_path):
     assert main(["train", "--preset", "smoke", "--device", "cuda", "--run-dir", str(tmp_path / "h"),
                  "--sandbox-workers", "4", "--rollout-backend", "hf", *flags]) == 0
     hf = [json.loads(x) for x in (tmp_path / "h" / "metrics.jsonl").read_text().splitlines()]
-    keys = ("reward", "hack_s", "gt_s", "frac_truncated")
+    keys = ("reward", "hack_s", "solve_s", "frac_truncated")
     assert [[r[k] for k in keys] for r in fast] == [[r[k] for k in keys] for r in hf]
