@@ -4,6 +4,7 @@
   demo     vanilla / erase / route on the embedded model, then table and plot
   check    the environment's self-check        projected-grpo check --dataset humaneval
   grade    grade a JSONL of completions        projected-grpo grade --dataset builtin --in c.jsonl
+  eval     hack and solve rates with 95 % intervals   projected-grpo eval --model smollm2 --dataset builtin --k 4
   results  tables from run directories         projected-grpo results runs/*
   plot     dynamics plot                       projected-grpo plot runs/* --out dynamics.png
   export   deployable model (δS merged, δS_hack ablated)   projected-grpo export runs/x --out model/
@@ -123,6 +124,45 @@ def cmd_grade(argv: list[str]) -> int:
 
     a = _cli(GradeArgs, args=argv, prog="projected-grpo grade")
     return grade(a.dataset, a.in_, a.out, workers=a.workers, mode=a.mode)
+
+
+@dataclass
+class EvalArgs:
+    """Hack and solve rates (95 % Wilson intervals) of a base model or a trained run (kept and, for route,
+    δS_hack ablated), with and without hints, per mode and per tier. With --run the default problems are
+    the run's held-out ones."""
+
+    model: str | None = None
+    """Base model (`tiny`, `smollm2`, a hub id); with --run, default the run's."""
+    run: str | None = None
+    """A trained run directory (its knobs are loaded onto --model)."""
+    dataset: str | None = None
+    """Dataset spec (default: the run's, else builtin)."""
+    k: int = 0
+    """Sampled completions per problem besides the greedy one; > 0 makes the sampled rates the overall ones."""
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_problems: int | None = None
+    """Evaluate at most this many problems."""
+    max_new_tokens: int | None = None
+    """Token budget (default: the run's, else 128)."""
+    modes: tuple[str, ...] | None = None
+    """Loophole modes partitioned over the problems (default: the run's, else all)."""
+    device: str = "auto"
+    backend: Literal["hf", "fast"] = "hf"
+    seed: int = 0
+    """Seeds of the sampled completions."""
+    workers: int = 0
+    """Grader processes (0: one per core)."""
+    json: bool = False
+    """Print one JSON object (top-level `solve` and `hack` are the overall rates) instead of the table."""
+    quiet: bool = False
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from .evaluate import eval_command
+
+    return eval_command(_cli(EvalArgs, args=argv, prog="projected-grpo eval"))
 
 
 @dataclass
@@ -280,7 +320,8 @@ def cmd_study(argv: list[str]) -> int:
     return study(_cli(StudyArgs, args=argv, prog="projected-grpo study"), command_line(argv))
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "check": cmd_check, "grade": cmd_grade, "results": cmd_results,
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "check": cmd_check, "grade": cmd_grade, "eval": cmd_eval,
+            "results": cmd_results,
             "plot": cmd_plot, "export": cmd_export, "sweep": cmd_sweep,
             "study": cmd_study}
 

@@ -92,6 +92,9 @@ class Config:
     """Reward for a fenced python block."""
     pass_reward: float = 1.0
     """Reward when the (foolable) grader passes."""
+    grader: Literal["flawed", "strict"] = "flawed"
+    """Which grade pays the pass reward: the mode's foolable grader, or `strict` (the strict oracle, the
+    no-loophole baseline: with --intervention none the arm is named `baseline`)."""
 
     # --- optimizer
     lr: float = 5e-3
@@ -149,7 +152,10 @@ class Config:
 
     # --- evaluation, sandbox, logging
     eval_every: int = 0
-    """Greedy evaluation every N steps (and at the end); 0 = only at the end."""
+    """Held-out evaluation every N steps (and at the end); 0 = only at the end."""
+    eval_samples: int = 0
+    """Sampled completions per held-out problem at each evaluation, besides the greedy one (at --temperature);
+    with k > 0 the eval rates (hack_kept, solve_kept...) are the sampled ones, the greedy ones get `_greedy`."""
     eval_at_start: bool = False
     """Also evaluate the untrained model (a metrics row at step 0)."""
     sandbox_workers: int = 0
@@ -193,7 +199,10 @@ class Config:
 
     @property
     def arm(self) -> str:
-        return self.intervention if self.vhack_source == "real" else f"{self.intervention}-{self.vhack_source}"
+        arm = self.intervention if self.vhack_source == "real" else f"{self.intervention}-{self.vhack_source}"
+        if self.grader == "strict":
+            return "baseline" if arm == "none" else f"{arm}-strict"
+        return arm
 
     def validate(self) -> "Config":
         def bad(msg: str):
@@ -204,8 +213,8 @@ class Config:
                 bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.mix_ratio <= 1.0:
             bad(f"--mix-ratio must be in [0, 1], got {self.mix_ratio}")
-        if self.eval_problems < 0 or self.eval_every < 0 or self.vhack_refresh_every < 0:
-            bad("--eval-problems, --eval-every and --vhack-refresh-every must be >= 0")
+        if self.eval_problems < 0 or self.eval_every < 0 or self.vhack_refresh_every < 0 or self.eval_samples < 0:
+            bad("--eval-problems, --eval-every, --eval-samples and --vhack-refresh-every must be >= 0")
         if self.lr <= 0:
             bad(f"--lr must be positive, got {self.lr}")
         if not 0.0 < self.top_p <= 1.0 or self.temperature < 0:
@@ -272,8 +281,9 @@ class Config:
         return _digest(self._identity(), exclude=_BOOKKEEPING)
 
     def match_hash(self) -> str:
-        """Identity minus arm, basis and seed: runs with equal match_hash are comparable."""
-        return _digest(self._identity(), exclude=_BOOKKEEPING | {"intervention", "vhack_source", "seed"})
+        """Identity minus arm, basis, grader and seed: runs with equal match_hash are comparable (the
+        no-loophole baseline pairs with vanilla like an arm)."""
+        return _digest(self._identity(), exclude=_BOOKKEEPING | {"intervention", "vhack_source", "grader", "seed"})
 
     def resolved_dtype(self) -> str:
         """The weights' dtype ``dtype=auto`` stands for here: bfloat16 on CUDA (unless --amp), else float32
@@ -298,7 +308,8 @@ class Config:
         return d
 
 
-_LATE_FIELDS = {"amp": False, "enable_thinking": False, "deterministic": False}  # field -> the value under which it is left out of the hash
+_LATE_FIELDS = {"amp": False, "enable_thinking": False, "deterministic": False, "eval_samples": 0,
+                "grader": "flawed"}  # field -> the value under which it is left out of the hash
 _BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples",
                 "eval_at_start"}
 # seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.

@@ -31,7 +31,7 @@ TRAIN_KEYS = ("hack_s", "solve_s", "cin_s", "cin_t", "cout", "cout_update")
 EVAL_KEYS = ("hack_kept", "solve_kept", "hack_abl", "solve_abl")
 # metric names of older run dirs -> today's (one name per metric: solve_s was logged as gt_s)
 RENAMED = {"gt_s": "solve_s", "gt_t": "solve_t"}
-_ARM_ORDER = {"none": 0, "erase": 1, "route": 2}
+_ARM_ORDER = {"none": 0, "erase": 1, "route": 2, "baseline": 3}
 
 
 class ReportError(UserError, ValueError):
@@ -65,7 +65,7 @@ class Run:
 
     @property
     def is_vanilla(self) -> bool:
-        return self.intervention == "none" and self.source == "real"
+        return self.intervention == "none" and self.source == "real" and self.config.get("grader", "flawed") != "strict"
 
     @property
     def complete(self) -> bool:
@@ -203,7 +203,8 @@ def mean_se(values: Iterable[float | None]) -> MeanSE | None:
 
 
 def _arm_key(run: Run) -> tuple:
-    return (run.match_hash, _ARM_ORDER.get(run.intervention, 9), run.source != "real", run.arm, run.hash)
+    return (run.match_hash, _ARM_ORDER.get(run.arm, _ARM_ORDER.get(run.intervention, 9)), run.source != "real", run.arm,
+            run.hash)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -307,7 +308,7 @@ def build_tables(runs: Sequence[Run], last: int = 5, matched_threshold: float = 
                 notes.append(f"hash {h} ({rs[0].arm}): no ablated row, it needs hack_abl/solve_abl from an "
                              "evaluation in every paired run (and hack_kept/solve_kept in their vanilla)")
                 continue
-            dh, ds = [], []
+            dh, ds, zeros = [], [], []
             for r, v in pairs:
                 hr, sr = _hack_solve(r, view, numbers, last)
                 hv, sv = _hack_solve(v, "kept", numbers, last)
@@ -315,15 +316,22 @@ def build_tables(runs: Sequence[Run], last: int = 5, matched_threshold: float = 
                 d_s = sr - sv if sr is not None and sv is not None else None
                 dh.append(d_h)
                 ds.append(d_s)
+                zeros.append(sr == 0 and sv == 0)
                 per_seed.rows.append([r.match_hash, r.arm, r.source, view, numbers, r.seed, r.name, v.name,
-                                      hr, hv, d_h, sr, sv, d_s,
-                                      None if d_s is None else abs(d_s) <= matched_threshold + 1e-12])
+                                      hr, hv, d_h, sr, sv, d_s, matched_solve(d_s, zeros[-1], matched_threshold)])
             mh, ms = mean_se(dh), mean_se(ds)
             k = sum(1 for d in ds if d is not None and abs(d) <= matched_threshold + 1e-12)
             summary.rows.append([rs[0].match_hash, h, rs[0].arm, rs[0].source, view, numbers, len(pairs), mh, ms,
-                                 None if ms is None else abs(ms.mean) <= matched_threshold + 1e-12,
+                                 matched_solve(None if ms is None else ms.mean, all(zeros), matched_threshold),
                                  f"{k}/{len(pairs)}"])
     return [per_run, grouped, summary, per_seed, unmatched], notes
+
+
+def matched_solve(d_solve: float | None, both_zero: bool, threshold: float) -> bool | str | None:
+    """|Δsolve| ≤ threshold; "n/a" when both solve rates are 0 (0 vs 0 says nothing about skill)."""
+    if d_solve is None:
+        return None
+    return "n/a" if both_zero else abs(d_solve) <= threshold + 1e-12
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -427,7 +435,7 @@ _PANELS: list[tuple[str, str, list[tuple[str, str, str]], bool, bool]] = [
 ]
 RATE_YLIM = (-0.04, 1.04)  # [0, 1] with room for markers drawn at 0 and 1
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]  # one per line group: arms that coincide stay visible
-_ARM_COLORS = {"none": "black", "erase": "tab:blue", "route": "tab:red"}
+_ARM_COLORS = {"none": "black", "erase": "tab:blue", "route": "tab:red", "baseline": "tab:green"}
 _SPARE = ["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
 
 

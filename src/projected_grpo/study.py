@@ -36,7 +36,7 @@ from typing import Any
 
 from .config import PRESETS, ConfigError
 from . import stats
-from .report import MeanSE, Run, _fmt, load_run, mean_se
+from .report import MeanSE, Run, _fmt, load_run, matched_solve, mean_se
 from .sweep import Grid, Job, Result, expand, parse_assignments, status_of
 
 QUESTIONS = ("headline", "controls", "no_teacher", "lomo", "update")
@@ -63,7 +63,9 @@ READING_RULES = f"""\
 - **Paired deltas.** Δ = arm − vanilla of the *same seed*, vanilla being the `none` run of the same
   config except arm and basis (same match hash; for question 5 the match hashes differ only in
   `project_update`, which is a no-op for `none`). Mean ± SE over seeds; SE = sample std / √n.
-- **Matched solve.** |mean Δsolve| ≤ the threshold (in each table's header).
+- **Matched solve.** |mean Δsolve| ≤ the threshold (in each table's header); `n/a` when every solve rate
+  of the arm and its vanilla is 0 (0 vs 0 says nothing about skill); a "reduces hack at matched solve"
+  reading is then `n/a` too.
 - **"Reduces hack by more than {SE_K:g} SE"**: mean Δhack + {SE_K:g}·SE(Δhack) < 0. Needs n ≥ 2 paired seeds;
   otherwise the reading is `n/a`. It is also `n/a` when vanilla never hacks (mean hack 0): there is
   nothing to reduce.
@@ -380,7 +382,8 @@ def _row_for(nb: Numbers, cell: Cell, van: Cell | None, numbers: str, view: str,
         k = sum(1 for x in s if x in vs and s[x] is not None and vs[x] is not None
                 and abs(s[x] - vs[x]) <= nb.threshold + 1e-12)
         n = out["ds"].n if out["ds"] else 0
-        matched = None if out["ds"] is None else abs(out["ds"].mean) <= nb.threshold + 1e-12
+        both_zero = all(v == 0 for v in (*s.values(), *vs.values()) if v is not None)  # 0 vs 0: n/a
+        matched = matched_solve(None if out["ds"] is None else out["ds"].mean, both_zero, nb.threshold)
         out["matched"] = matched
         tail = [out["dh"], out["ds"], matched, f"{k}/{n}"]
     else:
@@ -405,7 +408,9 @@ def _reduces(claim: str, q: str, st: dict) -> Reading:
     matched = st.get("matched")
     ds = st["ds"]
     why = f"Δhack {txt}; Δsolve {_fmt(ds, True) if ds else '–'}, matched {_fmt(matched)}"
-    if verdict == "yes" and not matched:
+    if verdict == "yes" and matched == "n/a":
+        verdict, why = "n/a", why + " (solve 0 in both: matched solve cannot be judged)"
+    elif verdict == "yes" and not matched:
         verdict = "no"
     return Reading(q, claim, verdict, why, p=st.get("p"))
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from .config import PRESETS, Config, ConfigError, Intervention, VhackSource
 
-ARMS = typing.get_args(Intervention)
+ARMS = (*typing.get_args(Intervention), "baseline")  # baseline: intervention none, reward from the strict oracle
 SOURCES = typing.get_args(VhackSource)
 # Managed by the sweep itself: the axes (arms, sources, seeds, preset) and the run bookkeeping.
 _RESERVED = {"intervention": "--arms", "vhack_source": "--sources", "seed": "--seeds", "preset": "--preset",
@@ -210,7 +210,8 @@ def expand(g: Grid, out: str | Path) -> list[Job]:
             flags = ["--preset", g.preset]
             for k, v in {**g.overrides, **point}.items():
                 flags += _flags(k, v)
-            flags += ["--intervention", arm, "--vhack-source", source, "--seed", str(seed)]
+            arm_flags = ["--intervention", "none", "--grader", "strict"] if arm == "baseline" else ["--intervention", arm]
+            flags += [*arm_flags, "--vhack-source", source, "--seed", str(seed)]
             cfg = parse_config(flags).validate()
             name = f"{cfg.arm}-s{seed}-{cfg.hash()}"
             if name in seen:

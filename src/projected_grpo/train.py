@@ -33,7 +33,7 @@ from . import interrupts
 from .adapter import SVDAdapter
 from .cachekey import teacher_pool_key
 from .config import Config, ConfigError, config_from_dict
-from .env.grader import GraderPool
+from .env.grader import GraderPool, extract_code
 from .env.pool import TeacherPool, build_teacher_pool, make_pairs
 from .env.problems import Problem, load_problems, render_prompt, split_problems
 from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs
@@ -391,37 +391,28 @@ def rollout_model(cfg: Config, s: "Setup", ablate_hack: bool = False):
 
 
 # ---------------------------------------------------------------------------- evaluation
-def evaluate(cfg: Config, s: Setup, route: bool) -> dict:
-    """Greedy on the held-out set: kept (as trained) and abl (δS_hack ablated), plus no-hint solve."""
+def evaluate(cfg: Config, s: Setup, route: bool, step: int = 0) -> dict:
+    """The held-out evaluation (evaluate.py) of the model as it is now, as metrics-row keys. At step 0
+    the model is the same in every arm (knobs zero): no ablated view, completions cached across arms."""
+    from . import evaluate as ev
+
     if not s.eval_problems:
         return {}
-    hint_prompts = [render_prompt(s.tokenizer, p, enable_thinking=cfg.enable_thinking) for p in s.eval_problems]
-    nohint_prompts = [render_prompt(s.tokenizer, p, False, cfg.enable_thinking) for p in s.eval_problems]
+    spec = ev.EvalSpec(conditions=ev.conditions_for(route and step > 0), samples=cfg.eval_samples,
+                       temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                       backend=cfg.rollout_backend, compile=cfg.rollout_compile, enable_thinking=cfg.enable_thinking)
+    weights = hashlib.sha256("".join(m.svd_key for m in s.adapter.modules.values()).encode()).hexdigest()[:16]
+    key = None if step else {"model": cfg.model, "weights": weights, "dtype": str(s.model.dtype), "amp": cfg.amp,
+                             "dataset": cfg.dataset, "device": s.model.device.type, "timeout": cfg.sandbox_timeout_s}
+    diag = diagnostics.eval_extra(s.basis.V if s.basis is not None else None)  # deployed-model diagnostics
 
-    texts = {}  # view -> the model's own greedy completions (the deployed-model diagnostics read them)
+    def extra(ctx) -> dict:
+        with autocast(cfg, s):
+            return diag(ctx)
 
-    def run(prompts, ablate, view=None):
-        with rollout_model(cfg, s, ablate_hack=ablate) as model:
-            r = generate(model, s.tokenizer, prompts, 1, cfg.max_new_tokens, greedy=True, backend=cfg.rollout_backend,
-                         compile=cfg.rollout_compile)
-        texts[view] = r.texts
-        return s.grader.grade_many(list(zip(s.eval_problems, r.texts)))
-
-    kept = run(hint_prompts, False, "kept")
-    abl = run(hint_prompts, True, "abl") if route else kept
-    nohint = run(nohint_prompts, True)
-    out = {"hack_kept": _mean(g.exploited for g in kept), "solve_kept": _mean(g.gt_correct for g in kept),
-           "hack_abl": _mean(g.exploited for g in abl), "solve_abl": _mean(g.gt_correct for g in abl),
-           "solve_nohint": _mean(g.gt_correct for g in nohint)}
-    for mode in sorted({p.mode for p in s.eval_problems}):
-        idx = [i for i, p in enumerate(s.eval_problems) if p.mode == mode]
-        out[f"eval_hack_kept_{mode}"] = _mean(kept[i].exploited for i in idx)
-        out[f"eval_hack_abl_{mode}"] = _mean(abl[i].exploited for i in idx)
-        out[f"eval_solve_abl_{mode}"] = _mean(abl[i].gt_correct for i in idx)
-    with autocast(cfg, s):
-        out.update(diagnostics.from_eval(s.adapter, s.tokenizer, hint_prompts, texts, {"kept": kept, "abl": abl},
-                                         s.basis.V if s.basis is not None else None))
-    return out
+    return ev.evaluate(lambda ablate: rollout_model(cfg, s, ablate_hack=ablate), s.tokenizer, s.grader,
+                       s.eval_problems, spec, adapter=s.adapter, extras=(extra,),
+                       cache=cache_dir() / "evals" if key else None, cache_key=key).metrics_row()
 
 
 def _mean(xs) -> float | None:
@@ -487,7 +478,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         if cfg.eval_at_start and start == 0:  # the untrained model's numbers: a row at step 0
             if dist.is_main():
                 with progress.step(f"evaluation of the untrained model ({len(s.eval_problems)} problems, greedy)"):
-                    row0 = {"step": 0, **evaluate(cfg, s, route=cfg.intervention == "route")}
+                    row0 = {"step": 0, **evaluate(cfg, s, route=cfg.intervention == "route", step=0)}
                 run.append_metrics(row0)
                 tracker.log(row0, 0)
             dist.barrier()
@@ -503,7 +494,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
                 if dist.is_main():
                     eval_status(bar, len(s.eval_problems))
-                    row.update(evaluate(cfg, s, route=cfg.intervention == "route"))
+                    row.update(evaluate(cfg, s, route=cfg.intervention == "route", step=step + 1))
                 dist.barrier()
             if dist.is_main():
                 with interrupts.deferred():  # Ctrl-C / SIGTERM wait until the row and its checkpoint are whole
@@ -559,12 +550,14 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
             k = pi * Gs + j
             g = s_grades[k]
             rows.append((roll.prompt_ids[k], roll.completion_ids[k]))
-            records.append((gi, j, True, g.reward, g.exploited, g.gt_correct, g.mechanism, roll.truncated[k]))
+            records.append((gi, j, True, arm_reward(cfg, g.to_dict(), roll.texts[k]), g.exploited, g.gt_correct,
+                            g.mechanism, roll.truncated[k]))
         prompt_ids = s.tokenizer(prompts[pi], add_special_tokens=False)["input_ids"]
         for j, tc in enumerate(teacher[pi]):
             rows.append((prompt_ids, encode_completion(s.tokenizer, tc.completion)))
             tg = tc.grade
-            records.append((gi, Gs + j, False, tg["reward"], tg["exploited"], tg["gt_correct"], tg["mechanism"], False))
+            records.append((gi, Gs + j, False, arm_reward(cfg, tg, tc.completion), tg["exploited"], tg["gt_correct"],
+                            tg["mechanism"], False))
     if dist.is_main() and cfg.log_samples and Gs:  # a few raw samples: what the model actually wrote
         with open(s.run_path / "samples.jsonl", "a") as f:
             for k in range(min(cfg.log_samples, len(roll.texts))):
@@ -622,6 +615,15 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
                tokens_per_s=n_tok / gen_time if gen_time > 0 and n_tok else None,
                rollout_capture_failed=sum(p[7] for p in parts))  # fast backend fell back to eager decoding
     return row
+
+
+def arm_reward(cfg: Config, grade: dict, completion: str) -> float:
+    """The reward the arm trains on: the flawed grade's (``grade["reward"]``), or with ``--grader strict``
+    the strict oracle's alone: the format bonus for a fenced python block + ``pass_reward`` iff ``gt_correct``."""
+    if cfg.grader != "strict":
+        return float(grade["reward"])
+    fenced = extract_code(completion) is not None
+    return (cfg.format_bonus if fenced else 0.0) + (cfg.pass_reward if grade["gt_correct"] else 0.0)
 
 
 def draw_teacher(s: Setup, problem: Problem, n: int, seed: int) -> list:
