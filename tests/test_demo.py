@@ -33,8 +33,12 @@ def test_demo_command_runs_three_arms_and_reports(tmp_path, capsys):
     assert (out / "results.md").exists() and (out / "dynamics.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "Paired" in printed and "route" in printed
-    # vanilla alone evaluated the untrained model; the arms still pair (same match hash)
-    none_rows = (out / "none" / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(none_rows[0])["step"] == 0
+    # every arm evaluated the untrained model (issue 14), with the same numbers (completions generated once)
+    first = [json.loads((out / a / "metrics.jsonl").read_text().splitlines()[0]) for a in ("none", "erase", "route")]
+    assert [r["step"] for r in first] == [0, 0, 0]
+    assert first[0]["hack_kept"] == first[1]["hack_kept"] == first[2]["hack_kept"]
+    assert first[0]["solve_kept_lo"] == first[2]["solve_kept_lo"] and first[2]["hack_abl"] == first[2]["hack_kept"]
+    held = (out / "heldout.md").read_text()
+    assert held.count("| none |") == 2 and held.count("| route |") == 2 and "Held-out hack and solve" in printed
     hashes = {json.loads((out / a / "config.json").read_text())["match_hash"] for a in ("none", "erase", "route")}
     assert len(hashes) == 1

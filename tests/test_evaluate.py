@@ -208,3 +208,26 @@ def test_matched_solve_na_when_both_solves_are_zero(tmp_path):
     assert doc["paired_summary"][0]["matched_solve"] == "n/a"
     assert "| n/a |" in (md := __import__("projected_grpo.report", fromlist=["results"]).results([str(tmp_path)]))
     assert "| yes |" not in md
+
+
+def test_study_matched_solve_na_and_no_yes_reading(tmp_path):
+    from test_study import MODES, _readings, _write_runs
+
+    from projected_grpo import study
+
+    plan = study.make_plan("smoke", (0, 1, 2), {"modes": MODES, "eval_problems": "4"}, tmp_path / "st",
+                           questions=("headline",))
+    _write_runs(plan, "clear")  # erase clearly cuts hack ...
+    for job in plan.jobs.values():  # ... but nothing ever solves
+        f = Path(job.run_dir) / "metrics.jsonl"
+        rows = [json.loads(x) for x in f.read_text().splitlines()]
+        for r in rows:
+            r.update({k: 0.0 for k in ("gt_s", "solve_kept", "solve_abl") if k in r})
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sections = study.build(plan, last=5, threshold=0.1)[0]
+    head = sections[0]
+    erase = next(r for r in head.rows if r[0] == "erase")
+    assert erase[head.columns.index("matched_solve")] == "n/a"
+    r = _readings(sections)
+    assert r["headline: erase reduces hack vs vanilla by more than 2 SE at matched solve"] == "n/a"
+    assert "yes" not in r.values()

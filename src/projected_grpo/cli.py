@@ -70,16 +70,21 @@ def cmd_demo(argv: list[str]) -> int:
     over = {k: v for k, v in (("steps", args.steps), ("model", args.model), ("amp", args.amp)) if v is not None}
     runs = []
     for arm in ("none", "erase", "route"):
-        # every arm starts from the same model, so the untrained model is evaluated once (vanilla's step 0)
+        # every arm evaluates step 0; its completions are generated once (the untrained model is the same)
         cfg = dataclasses.replace(base, intervention=arm, seed=args.seed, run_dir=f"{args.out}/{arm}",
                                   resume=args.resume and Path(args.out, arm, "config.json").exists(), force=args.force,
-                                  eval_at_start=base.eval_at_start and arm == "none", **over)
+                                  **over)
         runs.append(str(train(cfg)))
     table = Path(args.out) / "results.md"
     rc = results_cli(runs, last=base.summary_last_n, fmt="md", out=str(table))
     print(table.read_text() if table.exists() else "")
+    from .evaluate import start_end_table
+
+    held = start_end_table(runs)
+    (Path(args.out) / "heldout.md").write_text(held)
+    print("## Held-out hack and solve, start and end (95 % Wilson intervals)\n\n" + held)
     rc |= plot_cli(runs, str(Path(args.out) / "dynamics.png"))
-    print(f"table: {table}\nplot:  {Path(args.out) / 'dynamics.png'}")
+    print(f"table: {table}\nheld-out: {Path(args.out) / 'heldout.md'}\nplot:  {Path(args.out) / 'dynamics.png'}")
     return rc
 
 

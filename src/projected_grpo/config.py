@@ -388,18 +388,19 @@ PRESETS: dict[str, Config] = {
         temperature=0.7, lr=0.15, amp=True, layers=None, adapter_rank=None, micro_batch=4, eval_problems=9,
         eval_at_start=True, vhack_k=8, vhack_pairs=12, summary_last_n=4,
     ),
-    # a hub model on one GPU. Knobs at full rank (adapter_rank None) on both GPU presets: on an H200 at the
+    # a hub model on one GPU; held-out evaluation on synth's held-out split (>= 100 problems, with intervals). Knobs at full rank (adapter_rank None) on both GPU presets: on an H200 at the
     # 1.7B shape (16x8, 256 tokens) a step took 5.28 s at full rank, 5.35 s at rank 1024 and 5.6-8.7 s at
     # rank 256: the forward/backward is not FLOP-bound there, so lower ranks buy no speed, only memory
     # (peak 25.6 vs 16.6 GiB at rank 256), and the CPU demo needed full rank to learn the hack (docs/PERF.md).
     "fast": dataclasses.replace(
-        BASE, preset="fast", model="Qwen/Qwen3-4B", dataset="humaneval", steps=60, prompts_per_step=4, group=8,
-        max_new_tokens=1024, lr=1e-3, eval_problems=32, eval_every=10, vhack_k=8, vhack_pairs=64,
+        BASE, preset="fast", model="Qwen/Qwen3-4B", dataset="synth", steps=60, prompts_per_step=4, group=8,
+        max_new_tokens=1024, lr=1e-3, eval_problems=100, eval_every=10, eval_at_start=True, vhack_k=8, vhack_pairs=64,
         rollout_backend="fast", adapter_rank=None,
     ),
     "full": dataclasses.replace(
-        BASE, preset="full", model="Qwen/Qwen3-4B", dataset="humaneval", steps=200, prompts_per_step=43, group=6,
-        beta=1e-3, max_new_tokens=1024, lr=1e-3, eval_problems=32, eval_every=20, vhack_k=8, vhack_pairs=128,
+        BASE, preset="full", model="Qwen/Qwen3-4B", dataset="synth", steps=200, prompts_per_step=43, group=6,
+        beta=1e-3, max_new_tokens=1024, lr=1e-3, eval_problems=300, eval_every=20, eval_samples=4, eval_at_start=True,
+        vhack_k=8, vhack_pairs=128,
         rollout_backend="fast", adapter_rank=None,
     ),
 }

@@ -106,7 +106,9 @@ class EvalSpec:
         return "sample" if self.samples > 0 else "greedy"
 
     def key(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "compile"}
+        """What the completions depend on (greedy-only: not the sampling seed, temperature or top-p)."""
+        skip = {"compile"} | (set() if self.samples else {"seed", "temperature", "top_p"})
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
 def conditions_for(route: bool, hints: bool = True) -> tuple[tuple[str, bool], ...]:
@@ -354,7 +356,7 @@ def eval_command(a) -> int:
     from .adapter import SVDAdapter
     from .config import LOOPHOLE_MODES, Config, ConfigError, config_from_dict
     from .env.grader import GraderPool
-    from .env.problems import load_problems
+    from .env.problems import load_problems, split_problems
     from .models import load_model
     from .train import DATA_SEED, resolve_device
 
@@ -388,10 +390,15 @@ def eval_command(a) -> int:
                               max_problems=cfg.max_problems if cfg and dataset == cfg.dataset else None)
     except (ValueError, OSError) as e:
         raise ConfigError(f"--dataset {dataset}: {e}") from e
-    if cfg is not None and dataset == cfg.dataset:
-        probs = probs[: cfg.eval_problems]  # the run's held-out split (the trainer takes the first ones)
+    if cfg is not None and dataset == cfg.dataset:  # the run's own held-out problems, split as the trainer splits
+        try:
+            probs = split_problems(probs, cfg.eval_problems)[0]
+        except ValueError as e:
+            raise ConfigError(f"--run {a.run}: {e}") from None
         if not probs:
             raise ConfigError(f"--run {a.run} held out no problems (eval_problems 0); pass another --dataset")
+    elif any(p.split for p in probs):  # a dataset with a fixed split (synth): its held-out split
+        probs = [p for p in probs if p.split == "heldout"]
     probs = probs[: a.max_problems] if a.max_problems else probs
     dev_cfg = Config(device=a.device, amp=bool(cfg and cfg.amp)).validate()
     device, dtype = resolve_device(dev_cfg)
@@ -439,3 +446,31 @@ def eval_command(a) -> int:
         title = f"eval {model_name}" + (f" (run {a.run}, arm {cfg.arm})" if cfg else " (base model)") + f" on {dataset}"
         sys.stdout.write(res.table(title))
     return 0
+
+
+# ---------------------------------------------------------------------------- start vs end, per arm
+def start_end_table(run_dirs: Sequence[str | Path]) -> str:
+    """Markdown: per run, held-out hack and solve with their 95 % intervals at the first and the last
+    evaluation (route: also δS_hack ablated), read from metrics.jsonl."""
+    def cell(row: dict, key: str) -> str:
+        v, lo, hi = row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi")
+        if v is None:
+            return "–"
+        return f"{v:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else f"{v:.2f}"
+
+    out = ["| arm | held-out problems | eval step | hack | solve | hack, δS_hack ablated | solve, δS_hack ablated |",
+           "|---|---|---|---|---|---|---|"]
+    for d in run_dirs:
+        d = Path(d)
+        try:
+            meta = json.loads((d / "config.json").read_text())
+            rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        except (OSError, json.JSONDecodeError):
+            continue
+        evals = [r for r in rows if "hack_kept" in r]
+        route = meta.get("config", {}).get("intervention") == "route"
+        for r in ([evals[0], evals[-1]] if len(evals) > 1 else evals):
+            out.append(f"| {meta.get('arm', d.name)} | {r.get('eval_n', '–')} | {r['step']} | {cell(r, 'hack_kept')} | "
+                       f"{cell(r, 'solve_kept')} | {cell(r, 'hack_abl') if route else '–'} | "
+                       f"{cell(r, 'solve_abl') if route else '–'} |")
+    return "\n".join(out) + "\n"

@@ -208,16 +208,17 @@ def make_plan(preset: str, seeds: tuple[int, ...], overrides: dict, out: str | P
 
 
 def eval_mode_counts(cfg) -> dict[str, int] | None:
-    """Eval problems per mode, split exactly as the trainer splits (load_problems, first eval_problems)."""
-    from .env.problems import load_problems
+    """Eval problems per mode, split exactly as the trainer splits (load_problems, split_problems)."""
+    from .env.problems import load_problems, split_problems
 
     try:
         probs = load_problems(cfg.dataset, seed=DATA_SEED, modes=cfg.modes, force_mode=cfg.force_mode,
                               max_problems=cfg.max_problems)
+        held = split_problems(probs, cfg.eval_problems)[0]
     except Exception:  # an unreachable hub dataset: the report checks the runs' own eval keys instead
         return None
     counts = {m: 0 for m in cfg.modes}
-    for p in probs[: cfg.eval_problems]:
+    for p in held:
         counts[p.mode] = counts.get(p.mode, 0) + 1
     return counts
 
