@@ -222,7 +222,7 @@ def test_study_matched_solve_na_and_no_yes_reading(tmp_path):
         f = Path(job.run_dir) / "metrics.jsonl"
         rows = [json.loads(x) for x in f.read_text().splitlines()]
         for r in rows:
-            r.update({k: 0.0 for k in ("gt_s", "solve_kept", "solve_abl") if k in r})
+            r.update({k: 0.0 for k in ("solve_s", "solve_kept", "solve_abl") if k in r})
         f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     sections = study.build(plan, last=5, threshold=0.1)[0]
     head = sections[0]
