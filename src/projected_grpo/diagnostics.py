@@ -117,7 +117,7 @@ def eval_extra(V: dict[str, torch.Tensor] | None):
 
         if ctx.adapter is None or not ctx.problems:
             return {}
-        prompts = [render_prompt(ctx.tokenizer, p) for p in ctx.problems]
+        prompts = [render_prompt(ctx.tokenizer, p, True, ctx.spec.enable_thinking) for p in ctx.problems]  # as evaluated
         texts, per_problem = {}, {}
         for view in ("kept", "abl"):
             if ctx.result.has(view, True):
