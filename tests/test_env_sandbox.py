@@ -309,6 +309,8 @@ def test_resolver_accepts_both_forms_and_shadowing_builtins_harmlessly():
         "cached": "from functools import lru_cache\n\n@lru_cache(None)\ndef add(a, b):\n    return a + b\n",
         "class_wins_over_function": "def add(a, b):\n    return 0\n\nclass Solution:\n    def add(self, a, b):\n        return a + b\n",
         "run_tests_not_counted": "def plus(a, b):\n    return a + b\n\ndef run_tests():\n    assert plus(1, 1) == 2\n",
+        "method_copied_out_with_self": "def add(self, a, b):\n    return a + b\n",
+        "sole_function_with_self": "def plus(self, a, b):\n    self.t = a + b\n    return self.t\n",
     }
     with GraderPool(workers=2, timeout_s=2.0) as g:
         rs = g.grade_many([(ADD, f"x\n```python\n{c}```", "run_tests") for c in progs.values()])

@@ -127,6 +127,9 @@ def resolve_answer(ns: dict, method: str):
                         `__getattr__`, not `run_tests`): exactly one -> that function; zero or several
                         -> a failure ("no answer" / "ambiguous").
 
+    A top-level function whose first parameter is named `self` (the starter's method copied out of its
+    class, as small models often write it) is bound to a fresh empty instance, as if it stood in the class.
+
     Returns (form, name, get): `get()` gives the callable for one test. Raises NoAnswer with a reason.
     Runs inside the candidate's process (any error is that completion's failure, never the grader's);
     nothing it returns is trusted by the trainer, which compares outputs strictly (grader.py).
@@ -139,15 +142,24 @@ def resolve_answer(ns: dict, method: str):
         fn = ns[method]
         if not callable(fn):
             raise NoAnswer(f"`{method}` is a {type(fn).__name__[:40]}, not a function")
-        return "function", method, lambda: fn
+        return "function", method, _self_bound(fn, func_type)
     funcs = [(k, v) for k, v in list(ns.items()) if type(k) is str and type(v) is func_type
              and not k.startswith("__") and k != RUN_TESTS and v.__code__.co_filename == "<solution>"]
     if len(funcs) == 1:
         name, fn = funcs[0]
-        return "function", name, lambda: fn
+        return "function", name, _self_bound(fn, func_type)
     if not funcs:
         raise NoAnswer(f"no answer: define `class {ANSWER_CLASS}` with a method `{method}` or a function `{method}`")
     raise NoAnswer(f"ambiguous answer: {len(funcs)} top-level functions and none named `{method}`")
+
+
+def _self_bound(fn, func_type):
+    """`get` for a function answer: `fn` itself, or, when it is a plain function whose first positional
+    parameter is `self`, `fn` bound to a fresh instance of an empty class (one per test)."""
+    code = fn.__code__ if type(fn) is func_type else None
+    if code is not None and code.co_argcount >= 1 and code.co_varnames[0] == "self":
+        return lambda: fn.__get__(type(ANSWER_CLASS, (), {})())
+    return lambda: fn
 
 
 def sentinel_value(ns: dict, form: str) -> bool:
