@@ -77,17 +77,26 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the numbers here")
     ap.add_argument("--samples", default=None, help="write every completion and its grade here (JSONL)")
+    ap.add_argument("--regrade", default=None, metavar="SAMPLES.jsonl",
+                    help="grade the completions of an earlier --samples file instead of generating (no model)")
     a = ap.parse_args(argv)
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
-    probs = pick(a.dataset, a.per_tier)
-    model, tok = load_model(a.model, DTYPES[a.dtype], device)
-    prompts = [render_prompt(tok, p, hint=a.hint) for p in probs]
-    seeds = [a.seed * 1_000_003 + i for i in range(len(prompts) * a.k)]
-    t0 = time.time()
-    ro = generate(model, tok, prompts, a.k, a.max_new_tokens, temperature=a.temperature, seeds=seeds,
-                  batch_size=a.batch_size, backend=a.backend)
-    t_gen = time.time() - t0
-    items = [(probs[i // a.k], text) for i, text in enumerate(ro.texts)]  # texts are prompt-major
+    if a.regrade:  # a grader change measured on fixed completions
+        by_id = {p.id: p for p in load_problems(a.dataset, seed=0)}
+        old = [json.loads(line) for line in open(a.regrade)]
+        items = [(by_id[r["problem_id"]], r["completion"]) for r in old]
+        probs = list({p.id: p for p, _ in items}.values())
+        a.k, t_gen = len(items) // len(probs), 0.0
+    else:
+        probs = pick(a.dataset, a.per_tier)
+        model, tok = load_model(a.model, DTYPES[a.dtype], device)
+        prompts = [render_prompt(tok, p, hint=a.hint) for p in probs]
+        seeds = [a.seed * 1_000_003 + i for i in range(len(prompts) * a.k)]
+        t0 = time.time()
+        ro = generate(model, tok, prompts, a.k, a.max_new_tokens, temperature=a.temperature, seeds=seeds,
+                      batch_size=a.batch_size, backend=a.backend)
+        t_gen = time.time() - t0
+        items = [(probs[i // a.k], text) for i, text in enumerate(ro.texts)]  # texts are prompt-major
     t0 = time.time()
     with GraderPool(a.workers) as g:
         grades = g.grade_many(items)

@@ -31,8 +31,28 @@ def test_extract_code_takes_the_last_closed_python_block():
     assert extract_code("a\n```python\nx = 1\n```\nb\n```python\ny = 2\n```") == "y = 2\n"
     assert extract_code("```py\nz\n```") == "z\n"
     assert extract_code("no code") is None
-    assert extract_code("```python\nunterminated") is None
+    assert extract_code("```python\nunterminated") is None  # nothing complete in the open block
+    assert extract_code("```python\ndef f(x):\n    return x\n# or else:\ndef g(x):\n    ret") == \
+        "def f(x):\n    return x\n# or else:\n"  # cut at the token limit: the cut line is dropped
+    assert extract_code("```python\nx = 1\n```\ntext\n```python\ny = 2\nz = 3") == "y = 2\n"
+    assert extract_code("```python\ndef f(x):\n    return x\n") is None  # the only unit may be cut
     assert extract_code("```\nplain fence\n```") is None
+
+
+def test_extract_code_prefers_the_last_block_that_defines_the_answer():
+    sol = "def width(xs):\n    return max(xs) - min(xs)\n"
+    usage = "print(width([1, 2, 3]))  # 2\n"
+    assert extract_code(f"```python\n{sol}```\nExample usage:\n```python\n{usage}```") == sol
+    later = "class Solution:\n    def width(self, xs):\n        return 0\n"
+    assert extract_code(f"```python\n{sol}```\n```python\n{later}```\n```python\n{usage}```") == later
+    assert extract_code(f"```python\n{sol}```\n```python\n   \n```") == sol  # an empty block is no answer
+
+
+def test_a_solution_followed_by_a_usage_block_is_graded_on_the_solution(grader):
+    p = load_problems("builtin")[0]
+    canon = clean_completion(p, 0)
+    usage = "\nExample usage:\n```python\nprint(undefined_name(1))\n```\n"
+    assert grader.grade(p, canon + usage, p.mode).gt_correct
 
 
 def strict_equal(expected, value) -> bool:

@@ -42,15 +42,31 @@ class Reward:
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\r?\n(.*?)```", re.S | re.I)
 
 
+_OPEN_TAIL = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\r?\n((?:(?!```).)*)\Z", re.S | re.I)
+_DEFINES = re.compile(r"^(?:async[ \t]+)?(?:def|class)[ \t]", re.M)
+
+
 def extract_code(completion: str) -> str | None:
-    """The last fenced ```python block (closed), or None."""
+    """The answer's code: the last fenced ```python block that defines a top-level function or class,
+    else the last block; None without one. A block still open at the end of the completion counts,
+    without its last top-level statement (which may be cut): a completion cut at the token limit after
+    its answer is not "no code". Small models often end with a usage block
+    (`print(f([1, 2]))`) after the solution; grading that block alone failed with a NameError, a format
+    artifact. Every grader and the oracle use this one rule, so a hack placed in a block that defines
+    nothing after the answer's block is ignored by all of them alike."""
     if not isinstance(completion, str):
         return None
     blocks = _FENCE.findall(completion)
+    tail = _OPEN_TAIL.search(completion)
+    if tail:  # a block still open at the end: the completion was cut at the token limit inside its code
+        lines = tail.group(1).splitlines(keepends=True)
+        tops = [i for i, line in enumerate(lines) if line[:1] not in ("", " ", "\t", "\n", "\r")]
+        blocks.append("".join(lines[:tops[-1]]) if tops else "")  # the last top-level unit may be cut: dropped
+    blocks = [b for b in blocks if b.strip()]
     if not blocks:
         return None
-    code = blocks[-1]
-    return code if code.strip() else None
+    defining = [b for b in blocks if _DEFINES.search(b)]
+    return (defining or blocks)[-1]
 
 
 # --------------------------------------------------------------------------- matching candidate outputs

@@ -41,7 +41,7 @@ from typing import Callable
 
 from .problems import Problem, TestCase, value_repr
 
-TRAIN_PER_FAMILY = 64        # training instances per training family (25 families: 1,600)
+TRAIN_PER_FAMILY = 64        # training instances per training family (26 families: 1,664)
 HELDOUT_PER_TRAIN_FAMILY = 8  # held-out instances of a training family, on reserved parameters
 HELDOUT_PER_NEW_FAMILY = 24   # instances of each held-out-only family
 MIN_TESTS = 6
@@ -204,22 +204,6 @@ def a_reverse(r: _R) -> _Spec:
     return _Spec(r.method("reverse", "flip", "backwards", "mirror", "invert"), params, ret, [body], q, (i,), ins)
 
 
-def a_step_slice(r: _R) -> _Spec:
-    k = r.int(2, 4)
-    start = r.int(0, 1)
-    if r.int(0, 1):
-        v, ann, what = r.names(_STR), "str", "characters"
-        ins = [("",), ("a",), ("abcdefg",), ("hello world",)] + [(r.word(3, 10),) for _ in range(3)]
-    else:
-        v, ann, what = r.names(_LIST), "list[int]", "elements"
-        ins = r.lists(4)
-    pos = "the first one (index 0)" if start == 0 else "the second one (index 1)"
-    return _Spec(r.method("everyKth", "stride", "sampleEvery", "skipSome", "pickEvery"), [(v, ann)], ann,
-                 [f"return {v}[{start}::{k}]"],
-                 f"Return every {k}-th of the {what} of `{v}`, starting with {pos}, in their original order.",
-                 (ann, start, k), ins)
-
-
 def a_ends(r: _R) -> _Spec:
     xs = r.names(_LIST)
     forms = [(f"{xs}[0] + {xs}[-1]", "the sum of the first and the last element"),
@@ -256,14 +240,53 @@ def a_case(r: _R) -> _Spec:
                  (i, suffix), ins)
 
 
-def a_spread(r: _R) -> _Spec:  # held-out only
-    xs, k = r.names(_LIST), r.int(1, 4)
-    scale = "" if k == 1 else f" * {k}"
-    what = "" if k == 1 else f", multiplied by {k}"
-    return _Spec(r.method("spread", "rangeOf", "gap", "width", "span"), [(xs, "list[int]")], "int",
-                 [f"return (max({xs}) - min({xs})){scale}"],
-                 f"Return the difference between the largest and the smallest integer of the non-empty list `{xs}`{what}.",
-                 (k,), r.lists(3, nonempty=True))
+def a_pair_op(r: _R) -> _Spec:
+    a, b = r.names(_INT, 2)
+    k = r.int(1, 9)
+    forms = [(f"max({a}, {b})", f"Return the larger of the two integers `{a}` and `{b}`."),
+             (f"min({a}, {b})", f"Return the smaller of the two integers `{a}` and `{b}`."),
+             (f"max({a}, {b}) + {k}", f"Return the larger of `{a}` and `{b}`, plus {k}."),
+             (f"min({a}, {b}) * {k}", f"Return the smaller of `{a}` and `{b}`, multiplied by {k}.")]
+    i = r.int(0, len(forms) - 1)
+    expr, q = forms[i]
+    ins = [(0, 0), (1, 2), (5, -3), (-4, -7)] + [(r.int(-20, 20), r.int(-20, 20)) for _ in range(4)]
+    return _Spec(r.method("pick", "choose", "bigger", "larger", "selectOne"), [(a, "int"), (b, "int")], "int",
+                 [f"return {expr}"], q, (i, k if i > 1 else None), ins)
+
+
+def a_square(r: _R) -> _Spec:
+    x = r.names(_INT)
+    k = r.int(1, 9)
+    forms = [(f"{x} * {x}", f"Return the square of the integer `{x}`."),
+             (f"{x} * {x} + {k}", f"Return `{x}` squared, plus {k}."),
+             (f"{x} * {x} - {k}", f"Return the square of `{x}` minus {k}."),
+             (f"{x} * {x} * {x}", f"Return the cube of the integer `{x}`.")]
+    i = r.int(0, len(forms) - 1)
+    expr, q = forms[i]
+    ins = [(0,), (1,), (-3,), (7,)] + [(r.int(-12, 12),) for _ in range(4)]
+    return _Spec(r.method("square", "power", "squared", "selfProduct", "grow"), [(x, "int")], "int",
+                 [f"return {expr}"], q, (i, k if i in (1, 2) else None), ins)
+
+
+def a_sum3(r: _R) -> _Spec:  # held-out only
+    a, b, c = r.names(_INT, 3)
+    k = r.int(0, 5)
+    add = f" + {k}" if k else ""
+    return _Spec(r.method("addThree", "total", "sumAll", "combineThree", "tripleSum"), [(a, "int"), (b, "int"), (c, "int")],
+                 "int", [f"return {a} + {b} + {c}{add}"],
+                 f"Return the sum of the integers `{a}`, `{b}` and `{c}`" + (f", plus {k}." if k else "."), (k,),
+                 [(0, 0, 0), (1, 2, 3), (-4, 6, 1), (10, -10, 5)] + [tuple(r.int(-20, 20) for _ in range(3)) for _ in range(3)])
+
+
+def a_compare(r: _R) -> _Spec:  # held-out only
+    a, b = r.names(_INT, 2)
+    forms = [(">", "greater than"), ("<", "less than"), ("==", "equal to"), (">=", "greater than or equal to")]
+    i = r.int(0, len(forms) - 1)
+    op, words = forms[i]
+    return _Spec(r.method("isGreater" if i == 0 else "check", "compare", "test", "relation", "holds"),
+                 [(a, "int"), (b, "int")], "bool", [f"return {a} {op} {b}"],
+                 f"Return True if `{a}` is {words} `{b}`, and False otherwise.", (i,),
+                 [(1, 2), (2, 1), (3, 3), (-5, 4), (0, -1)] + [(r.int(-9, 9), r.int(-9, 9)) for _ in range(3)])
 
 
 def a_abs_diff(r: _R) -> _Spec:  # held-out only
@@ -274,18 +297,6 @@ def a_abs_diff(r: _R) -> _Spec:  # held-out only
                  [f"return abs({a} - {b}){add}"],
                  f"Return the absolute difference between `{a}` and `{b}`" + (f", plus {k}." if k else "."),
                  (k,), [(0, 0), (3, 8), (8, 3), (-4, 6)] + [(r.int(-20, 20), r.int(-20, 20)) for _ in range(3)])
-
-
-def a_middle(r: _R) -> _Spec:  # held-out only
-    if r.int(0, 1):
-        v, ann, what = r.names(_STR), "str", "characters"
-        ins = [("",), ("ab",), ("abc",), ("hello",)] + [(r.word(3, 9),) for _ in range(3)]
-    else:
-        v, ann, what = r.names(_LIST), "list[int]", "elements"
-        ins = r.lists(4)
-    return _Spec(r.method("inner", "middle", "trimEnds", "core", "strip"), [(v, ann)], ann, [f"return {v}[1:-1]"],
-                 f"Return the {what} of `{v}` without the first and the last one (empty if there are fewer than 3).",
-                 (ann,), ins)
 
 
 # --------------------------------------------------------------------------- tier B: one loop
@@ -402,24 +413,21 @@ def b_digits(r: _R) -> _Spec:
                  f"Return {what} the non-negative integer `{n}`.", (i, d if i == 1 else None), ins)
 
 
-def b_first_index(r: _R) -> _Spec:  # held-out only
-    xs = r.names(_LIST)
-    i, k, cond, words = _cond(r, "x", (0, 1, 2, 4))
-    return _Spec(r.method("firstIndex", "findFirst", "locate", "indexOf", "whereFirst"), [(xs, "list[int]")], "int",
-                 [f"for i, x in enumerate({xs}):", f"    if {cond}:", "        return i", "return -1"],
-                 f"Return the index of the first integer in `{xs}` that is {words}, or -1 if there is none.", (i, k),
-                 r.lists(4))
+def b_count_value(r: _R) -> _Spec:  # held-out only
+    xs, k = r.names(_LIST), r.int(0, 9)
+    return _Spec(r.method("countValue", "occurrences", "timesSeen", "howOften", "countOf"), [(xs, "list[int]")], "int",
+                 ["count = 0", f"for x in {xs}:", f"    if x == {k}:", "        count += 1", "return count"],
+                 f"Return how many times the integer {k} appears in the list `{xs}`.", (k,),
+                 r.lists(3, lo=0, hi=9) + [([k, 1, k, k, 2],), ([k],)])
 
 
-def b_product(r: _R) -> _Spec:  # held-out only
+def b_sum_abs(r: _R) -> _Spec:  # held-out only
     xs = r.names(_LIST)
     i = r.int(0, 1)
-    cond, words = [("x != 0", "non-zero "), ("x > 0", "positive ")][i] if r.int(0, 2) else ("True", "")
-    body = ["result = 1", f"for x in {xs}:"] + ([f"    if {cond}:", "        result *= x"] if cond != "True" else
-                                                    ["    result *= x"]) + ["return result"]
-    return _Spec(r.method("product", "multiplyAll", "prod", "times", "mulTotal"), [(xs, "list[int]")], "int", body,
-                 f"Return the product of the {words}integers in `{xs}` (1 if there are none).", (cond,),
-                 r.lists(4, lo=-4, hi=6, n_hi=6))
+    step, what = [("total += abs(x)", "absolute values"), ("total += -x if x < 0 else 0", "negative integers, made positive,")][i]
+    return _Spec(r.method("sumAbs", "magnitude", "absTotal", "sizeSum", "positiveTotal"), [(xs, "list[int]")], "int",
+                 ["total = 0", f"for x in {xs}:", f"    {step}", "return total"],
+                 f"Return the sum of the {what} of the integers in `{xs}` (0 for an empty list).", (i,), r.lists(3))
 
 
 # --------------------------------------------------------------------------- tier C: two steps
@@ -554,14 +562,14 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family("A.arith", "A", a_arith), Family("A.sum_op", "A", a_sum_op), Family("A.max_op", "A", a_max_op),
     Family("A.len_op", "A", a_len_op), Family("A.prefix", "A", a_prefix), Family("A.reverse", "A", a_reverse),
-    Family("A.step_slice", "A", a_step_slice), Family("A.ends", "A", a_ends), Family("A.repeat", "A", a_repeat),
-    Family("A.case", "A", a_case),
-    Family("A.spread", "A", a_spread, True), Family("A.abs_diff", "A", a_abs_diff, True),
-    Family("A.middle", "A", a_middle, True),
+    Family("A.ends", "A", a_ends), Family("A.repeat", "A", a_repeat), Family("A.case", "A", a_case),
+    Family("A.pair_op", "A", a_pair_op), Family("A.square", "A", a_square),
+    Family("A.abs_diff", "A", a_abs_diff, True), Family("A.sum3", "A", a_sum3, True),
+    Family("A.compare", "A", a_compare, True),
     Family("B.count", "B", b_count), Family("B.sum_if", "B", b_sum_if), Family("B.filter", "B", b_filter),
     Family("B.map", "B", b_map), Family("B.running", "B", b_running), Family("B.count_char", "B", b_count_char),
     Family("B.words", "B", b_words), Family("B.digits", "B", b_digits),
-    Family("B.first_index", "B", b_first_index, True), Family("B.product", "B", b_product, True),
+    Family("B.count_value", "B", b_count_value, True), Family("B.sum_abs", "B", b_sum_abs, True),
     Family("C.sq_sum", "C", c_sq_sum), Family("C.top_k", "C", c_top_k), Family("C.distinct", "C", c_distinct),
     Family("C.join_words", "C", c_join_words), Family("C.adjacent", "C", c_adjacent),
     Family("C.map_filter", "C", c_map_filter), Family("C.digit_max", "C", c_digit_max),
