@@ -11,19 +11,27 @@ optimizer step) and, when the run finished, `summary.json`. Rules the tables kee
   (`hack_s`/`solve_s`); the `numbers` column says which. Route ablated needs the evaluation.
 - Runs without `summary.json` (killed or still running) are shown in the per-run table and left out
   of the aggregates unless `include_incomplete=True`.
+
+Owns the paired analysis, the project's central claim (Δhack at matched solve, paired by seed against
+vanilla): `hack_solve` (which numbers a run gives), `Paired` / `SeedPair` / `Delta` (per-seed numbers,
+paired Δ with its bootstrap interval and sign-flip p, the matched-solve verdict) and the one markdown
+table writer `md_table`; study.py builds its readings on them. Never imports torch, the trainer or the
+model code: it reads run directories only.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Literal, NamedTuple, Sequence
 
+from . import stats
 from .errors import UserError
 
 Fmt = Literal["md", "csv", "json"]
@@ -202,6 +210,166 @@ def mean_se(values: Iterable[float | None]) -> MeanSE | None:
     return MeanSE(m, math.sqrt(var / len(xs)), len(xs))
 
 
+# ----------------------------------------------------------------------------- the paired analysis
+# The project's central claim, "Δhack at matched solve, paired by seed against vanilla", is computed
+# here and only here: `results` renders it as tables, study.py builds its readings on these records.
+def hack_solve(run: Run, view: str = "kept", numbers: str = "eval", last: int = 5) -> tuple[float | None, float | None]:
+    """(hack, solve) of a run: its last evaluation of `view` (`hack_kept`/`solve_kept`; `ablated`:
+    `hack_abl`/`solve_abl`, δS_hack zeroed) when `numbers` is "eval", else the means of the student's
+    training rates (`hack_s`/`solve_s`) over the last `last` steps (training has one view)."""
+    if numbers == "train":
+        return run.last_mean("hack_s", last), run.last_mean("solve_s", last)
+    sfx = "abl" if view == "ablated" else "kept"
+    return run.last_value(f"hack_{sfx}"), run.last_value(f"solve_{sfx}")
+
+
+def evaluated(run: Run, view: str = "kept") -> bool:
+    """Whether the run logged an evaluation's hack and solve of `view` (so "eval" numbers exist)."""
+    return None not in hack_solve(run, view, "eval")
+
+
+def matched_solve(d_solve: float | None, both_zero: bool, threshold: float) -> bool | str | None:
+    """|Δsolve| ≤ threshold; "n/a" when both solve rates are 0 (0 vs 0 says nothing about skill)."""
+    if d_solve is None:
+        return None
+    return "n/a" if both_zero else abs(d_solve) <= threshold + 1e-12
+
+
+@dataclass(frozen=True)
+class Delta:
+    """a − b, paired: the per-pair differences in pair (seed) order; pairs missing a side are dropped."""
+
+    diffs: tuple[float, ...]
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[float | None, float | None]]) -> "Delta":
+        return cls(tuple(a - b for a, b in pairs if a is not None and b is not None))
+
+    @classmethod
+    def by_seed(cls, a: dict[int, float | None], b: dict[int, float | None]) -> "Delta":
+        """Over the seeds of both (sorted): e.g. hack of two arms that share each seed's vanilla."""
+        return cls.of((a[s], b[s]) for s in sorted(a) if s in b)
+
+    @property
+    def n(self) -> int:
+        return len(self.diffs)
+
+    @property
+    def mean_se(self) -> MeanSE | None:
+        return mean_se(self.diffs)
+
+    @functools.cached_property
+    def ci(self) -> tuple[float, float] | None:
+        """95 % paired bootstrap interval of the mean, seeds resampled (stats.bootstrap_ci); None for n < 2."""
+        return stats.bootstrap_ci(self.diffs)
+
+    @functools.cached_property
+    def p(self) -> float | None:
+        """Exact one-sided sign-flip p of "mean < 0" (stats.sign_flip_p); None for n = 0."""
+        return stats.sign_flip_p(self.diffs)
+
+
+@dataclass(frozen=True)
+class SeedPair:
+    """One seed: an arm's run and the vanilla run it is paired with, and their hack and solve (None: not logged)."""
+
+    run: Run
+    vanilla: Run
+    hack: float | None
+    hack_vanilla: float | None
+    solve: float | None
+    solve_vanilla: float | None
+
+    @property
+    def seed(self) -> int:
+        return self.run.seed
+
+    @property
+    def d_hack(self) -> float | None:
+        return None if self.hack is None or self.hack_vanilla is None else self.hack - self.hack_vanilla
+
+    @property
+    def d_solve(self) -> float | None:
+        return None if self.solve is None or self.solve_vanilla is None else self.solve - self.solve_vanilla
+
+    @property
+    def both_zero(self) -> bool:
+        return self.solve == 0 and self.solve_vanilla == 0
+
+    def matched(self, threshold: float) -> bool | str | None:
+        return matched_solve(self.d_solve, self.both_zero, threshold)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """An arm read as `view` against vanilla (read `kept`: vanilla's δS_hack is 0), paired by seed, from
+    `numbers` ("eval" or "train"). Δ = arm − vanilla per seed, mean ± SE over seeds; matched solve:
+    |mean Δsolve| ≤ `threshold`, "n/a" when every solve rate of both sides is 0."""
+
+    view: str
+    numbers: str
+    threshold: float
+    pairs: tuple[SeedPair, ...]  # in seed order (the bootstrap's draws depend on it)
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[Run, Run]], view: str, numbers: str, last: int, threshold: float) -> "Paired":
+        """`pairs`: (arm run, its vanilla run), one per seed, in seed order."""
+        out = []
+        for r, v in pairs:
+            (h, s), (hv, sv) = hack_solve(r, view, numbers, last), hack_solve(v, "kept", numbers, last)
+            out.append(SeedPair(r, v, h, hv, s, sv))
+        return cls(view, numbers, threshold, tuple(out))
+
+    @functools.cached_property
+    def hack(self) -> Delta:
+        return Delta.of((p.hack, p.hack_vanilla) for p in self.pairs)
+
+    @functools.cached_property
+    def solve(self) -> Delta:
+        return Delta.of((p.solve, p.solve_vanilla) for p in self.pairs)
+
+    @property
+    def d_hack(self) -> MeanSE | None:
+        return self.hack.mean_se
+
+    @property
+    def d_solve(self) -> MeanSE | None:
+        return self.solve.mean_se
+
+    @property
+    def both_zero(self) -> bool:
+        """Every solve rate of the arm and of its vanilla is 0 (over the seeds where both are known)."""
+        known = [p for p in self.pairs if p.d_solve is not None]
+        return bool(known) and all(p.both_zero for p in known)
+
+    @property
+    def matched(self) -> bool | str | None:
+        ds = self.d_solve
+        return matched_solve(None if ds is None else ds.mean, self.both_zero, self.threshold)
+
+    @property
+    def seeds_matched(self) -> str:
+        """"k/n": the seeds whose own |Δsolve| ≤ threshold, of the n seeds whose Δsolve is known."""
+        ds = [p.d_solve for p in self.pairs if p.d_solve is not None]
+        return f"{sum(1 for d in ds if abs(d) <= self.threshold + 1e-12)}/{len(ds)}"
+
+    def problem_ci(self) -> tuple[float, float] | None:
+        """Two-stage (seeds, then held-out problems) paired bootstrap 95 % interval of Δhack from the per-problem
+        outcomes of the runs' last evaluation (`eval_problem_hack_*`); None when not logged or not eval numbers."""
+        if self.numbers != "eval":
+            return None
+        sfx = "abl" if self.view == "ablated" else "kept"
+        got = [(_last_list(p.run, f"eval_problem_hack_{sfx}"), _last_list(p.vanilla, "eval_problem_hack_kept"))
+               for p in self.pairs]
+        got = [(a, b) for a, b in got if a is not None and b is not None]
+        return stats.hier_bootstrap_ci([a for a, _ in got], [b for _, b in got]) if len(got) >= 2 else None
+
+
+def _last_list(run: Run, key: str) -> list[float] | None:
+    vals = [r[key] for r in run.rows if isinstance(r.get(key), list)]
+    return vals[-1] if vals else None
+
+
 def _arm_key(run: Run) -> tuple:
     return (run.match_hash, _ARM_ORDER.get(run.arm, _ARM_ORDER.get(run.intervention, 9)), run.source != "real", run.arm,
             run.hash)
@@ -222,13 +390,6 @@ def _by_hash(runs: Sequence[Run]) -> dict[str, list[Run]]:
     for r in sorted(runs, key=lambda r: (_arm_key(r), r.seed, str(r.path))):
         groups.setdefault(r.hash, []).append(r)
     return groups
-
-
-def _hack_solve(run: Run, view: str, numbers: str, last: int) -> tuple[float | None, float | None]:
-    if numbers == "train":
-        return run.last_mean("hack_s", last), run.last_mean("solve_s", last)
-    suffix = "abl" if view == "ablated" else "kept"
-    return run.last_value(f"hack_{suffix}"), run.last_value(f"solve_{suffix}")
 
 
 def build_tables(runs: Sequence[Run], last: int = 5, matched_threshold: float = 0.10,
@@ -299,39 +460,19 @@ def build_tables(runs: Sequence[Run], last: int = 5, matched_threshold: float = 
             continue
         views = ["kept", "ablated"] if rs[0].intervention == "route" else ["kept"]
         for view in views:
-            sfx = "abl" if view == "ablated" else "kept"
-            has_eval = all(r.last_value(f"hack_{sfx}") is not None and r.last_value(f"solve_{sfx}") is not None
-                           and v.last_value("hack_kept") is not None and v.last_value("solve_kept") is not None
-                           for r, v in pairs)
-            numbers = "eval" if has_eval else "train"
-            if view == "ablated" and not has_eval:
+            numbers = "eval" if all(evaluated(r, view) and evaluated(v) for r, v in pairs) else "train"
+            if view == "ablated" and numbers == "train":
                 notes.append(f"hash {h} ({rs[0].arm}): no ablated row, it needs hack_abl/solve_abl from an "
                              "evaluation in every paired run (and hack_kept/solve_kept in their vanilla)")
                 continue
-            dh, ds, zeros = [], [], []
-            for r, v in pairs:
-                hr, sr = _hack_solve(r, view, numbers, last)
-                hv, sv = _hack_solve(v, "kept", numbers, last)
-                d_h = hr - hv if hr is not None and hv is not None else None
-                d_s = sr - sv if sr is not None and sv is not None else None
-                dh.append(d_h)
-                ds.append(d_s)
-                zeros.append(sr == 0 and sv == 0)
-                per_seed.rows.append([r.match_hash, r.arm, r.source, view, numbers, r.seed, r.name, v.name,
-                                      hr, hv, d_h, sr, sv, d_s, matched_solve(d_s, zeros[-1], matched_threshold)])
-            mh, ms = mean_se(dh), mean_se(ds)
-            k = sum(1 for d in ds if d is not None and abs(d) <= matched_threshold + 1e-12)
-            summary.rows.append([rs[0].match_hash, h, rs[0].arm, rs[0].source, view, numbers, len(pairs), mh, ms,
-                                 matched_solve(None if ms is None else ms.mean, all(zeros), matched_threshold),
-                                 f"{k}/{len(pairs)}"])
+            pd = Paired.of(pairs, view, numbers, last, matched_threshold)
+            for p in pd.pairs:
+                per_seed.rows.append([p.run.match_hash, p.run.arm, p.run.source, view, numbers, p.seed, p.run.name,
+                                      p.vanilla.name, p.hack, p.hack_vanilla, p.d_hack, p.solve, p.solve_vanilla,
+                                      p.d_solve, p.matched(matched_threshold)])
+            summary.rows.append([rs[0].match_hash, h, rs[0].arm, rs[0].source, view, numbers, len(pairs), pd.d_hack,
+                                 pd.d_solve, pd.matched, pd.seeds_matched])
     return [per_run, grouped, summary, per_seed, unmatched], notes
-
-
-def matched_solve(d_solve: float | None, both_zero: bool, threshold: float) -> bool | str | None:
-    """|Δsolve| ≤ threshold; "n/a" when both solve rates are 0 (0 vs 0 says nothing about skill)."""
-    if d_solve is None:
-        return None
-    return "n/a" if both_zero else abs(d_solve) <= threshold + 1e-12
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -348,18 +489,21 @@ def _fmt(v: Any, delta: bool = False) -> str:
     return str(v)
 
 
+def md_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], delta_cols: Iterable[str] = (),
+             cell: Callable[[Any, bool], str] = _fmt, empty: str = "(none)") -> list[str]:
+    """The markdown lines of one table (header, rule, a line per row; `empty` when there are no rows).
+    `cell(value, is_delta)` formats a value; columns in `delta_cols` are printed with a sign."""
+    if not rows:
+        return [empty]
+    delta = set(delta_cols)
+    return ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|",
+            *("| " + " | ".join(cell(v, c in delta) for c, v in zip(columns, row)) + " |" for row in rows)]
+
+
 def _render_md(tables: list[Table], notes: list[str]) -> str:
     out = []
     for t in tables:
-        out.append(f"## {t.title}\n")
-        if not t.rows:
-            out.append("(none)\n")
-            continue
-        out.append("| " + " | ".join(t.columns) + " |")
-        out.append("|" + "|".join("---" for _ in t.columns) + "|")
-        for row in t.rows:
-            out.append("| " + " | ".join(_fmt(v, c in t.delta_cols) for c, v in zip(t.columns, row)) + " |")
-        out.append("")
+        out += [f"## {t.title}\n", *md_table(t.columns, t.rows, t.delta_cols), ""]
     if notes:
         out.append("## Notes\n")
         out += [f"- {n}" for n in notes]

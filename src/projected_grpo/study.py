@@ -19,7 +19,9 @@ skipped, killed runs resumed). A config+seed that two questions share is run onc
 
 Then `<out>/study.md` (one table and its readings per question), `<out>/study.json` (the same numbers,
 machine-readable) and plots. The readings are computed from the numbers by the rules in READING_RULES
-(printed into the report), never written by hand.
+(printed into the report), never written by hand. The paired numbers themselves (Δ vs vanilla by seed,
+intervals, p, matched solve) are report.py's `Paired`/`Delta`; this module only plans the questions and
+reads them. Never imports torch or the trainer: runs are subprocesses, numbers come from run directories.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 
 from .config import PRESETS, ConfigError
 from . import stats
-from .report import MeanSE, Run, _fmt, load_run, matched_solve, mean_se
+from .report import Delta, MeanSE, Paired, Run, _fmt, _jsonable, evaluated, hack_solve, load_run, md_table, mean_se
 from .sweep import Grid, Job, Result, expand, parse_assignments, status_of
 
 QUESTIONS = ("headline", "controls", "no_teacher", "lomo", "update")
@@ -271,14 +273,6 @@ class Reading:
         return f"**{self.claim}: {self.verdict}** ({self.why}{ps})"
 
 
-def _diffs(a: dict, b: dict) -> list[float]:
-    return [a[s] - b[s] for s in sorted(a) if s in b and a[s] is not None and b[s] is not None]
-
-
-def _paired(a: dict[int, float | None], b: dict[int, float | None]) -> MeanSE | None:
-    return mean_se(a[s] - b[s] for s in sorted(a) if s in b and a[s] is not None and b[s] is not None)
-
-
 def _below(d: MeanSE | None) -> tuple[str, str]:
     """(verdict, numbers) for "mean + k·SE < 0"."""
     if d is None or d.se is None:
@@ -287,11 +281,11 @@ def _below(d: MeanSE | None) -> tuple[str, str]:
     return ("yes" if d.mean + SE_K * d.se < 0 else "no"), txt
 
 
-def _versus(d: MeanSE | None, a: dict, b: dict) -> tuple[str, str]:
-    """`_below` for "A beats B": n/a when neither A nor B ever hacked (nothing to tell apart)."""
+def _versus(d: Delta, a: dict, b: dict) -> tuple[str, str]:
+    """`_below` for "A beats B" (d = A − B per seed): n/a when neither A nor B ever hacked (nothing to tell apart)."""
     if not any((v or 0) > 0 for x in (a, b) for v in x.values()):
         return "n/a", "no run of either arm hacked: nothing to tell apart"
-    return _below(d)
+    return _below(d.mean_se)
 
 
 def _all(verdicts: list[str]) -> str:
@@ -299,7 +293,7 @@ def _all(verdicts: list[str]) -> str:
 
 
 class Numbers:
-    """Per-seed values of the runs of one question, from the evaluation or the training tail."""
+    """The plan's finished runs, read per cell and seed; the paired analysis itself is report's (`Paired`)."""
 
     def __init__(self, runs: dict[str, Run], last: int, threshold: float):
         self.runs, self.last, self.threshold = runs, last, threshold
@@ -309,28 +303,16 @@ class Numbers:
 
     def source(self, cells: list[Cell]) -> str:
         rs = [r for c in cells for r in self.of(c).values()]
-        ok = rs and all(r.last_value("hack_kept") is not None and r.last_value("solve_kept") is not None for r in rs)
-        return "eval" if ok else "train"
-
-    def hack_solve(self, run: Run, numbers: str, view: str = "kept") -> tuple[float | None, float | None]:
-        if numbers == "train":
-            return run.last_mean("hack_s", self.last), run.last_mean("solve_s", self.last)
-        sfx = "abl" if view == "ablated" else "kept"
-        return run.last_value(f"hack_{sfx}"), run.last_value(f"solve_{sfx}")
+        return "eval" if rs and all(evaluated(r) for r in rs) else "train"
 
     def per_seed(self, cell: Cell, numbers: str, view: str = "kept") -> tuple[dict, dict]:
-        hs = {s: self.hack_solve(r, numbers, view) for s, r in self.of(cell).items()}
+        hs = {s: hack_solve(r, view, numbers, self.last) for s, r in self.of(cell).items()}
         return {s: v[0] for s, v in hs.items()}, {s: v[1] for s, v in hs.items()}
 
-    def problem_ci(self, cell: Cell, van: Cell, view: str) -> tuple[float, float] | None:
-        """Two-stage (seeds, then held-out problems) paired bootstrap 95 % interval of Δhack, from the
-        runs' per-problem outcomes (`eval_problem_hack_*`, the final evaluation); None when not logged."""
-        sfx = "abl" if view == "ablated" else "kept"
+    def paired(self, cell: Cell, van: Cell, numbers: str, view: str) -> Paired:
+        """`cell` read as `view` against its vanilla cell, paired by seed."""
         a, b = self.of(cell), self.of(van)
-        pairs = [(_last_list(a[x], f"eval_problem_hack_{sfx}"), _last_list(b[x], "eval_problem_hack_kept"))
-                 for x in sorted(a) if x in b]
-        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
-        return stats.hier_bootstrap_ci([x for x, _ in pairs], [y for _, y in pairs]) if len(pairs) >= 2 else None
+        return Paired.of([(a[s], b[s]) for s in sorted(a) if s in b], view, numbers, self.last, self.threshold)
 
     def mode_values(self, cell: Cell, mode: str, numbers: str) -> tuple[dict, dict]:
         """hack and solve on one mode, per seed: eval rates, or (train) exploit counts over the last N steps."""
@@ -343,11 +325,6 @@ class Numbers:
                 vals = [v for v in vals if isinstance(v, (int, float))]
                 h[seed], s[seed] = (float(sum(vals)) if vals else None), None
         return h, s
-
-
-def _last_list(run: Run, key: str) -> list[float] | None:
-    vals = [r[key] for r in run.rows if isinstance(r.get(key), list)]
-    return vals[-1] if vals else None
 
 
 @dataclass
@@ -363,37 +340,36 @@ class Section:
     primary: tuple | None = None  # headline: (primary reading, moved reading, power note)
 
 
-def _row_for(nb: Numbers, cell: Cell, van: Cell | None, numbers: str, view: str, label: str) -> tuple[list, dict]:
+@dataclass
+class ArmRead:
+    """One row of an arms table: the arm's per-seed hack and solve, and (with a vanilla) its paired Δ."""
+
+    hack: dict[int, float | None]  # per seed
+    solve: dict[int, float | None]
+    kl: MeanSE | None  # the view's KL to the base model
+    paired: Paired | None = None
+    vanilla_hack: MeanSE | None = None
+    vanilla_kl: MeanSE | None = None
+
+
+def _row_for(nb: Numbers, cell: Cell, van: Cell | None, numbers: str, view: str, label: str) -> tuple[list, ArmRead]:
     h, s = nb.per_seed(cell, numbers, view)
-    out = {"hack": mean_se(h.values()), "solve": mean_se(s.values()), "h": h, "s": s, "dh": None, "ds": None}
     sfx = "abl" if view == "ablated" else "kept"
     diag = [mean_se(r.last_value(k) for r in nb.of(cell).values())
             for k in (f"kl_base_{sfx}", "dS", "dSh", "dSh_in_V", f"fmt_{sfx}", f"form_class_{sfx}")]
-    out["kl"] = diag[0]
-    ci = [None, None, None]
+    read = ArmRead(h, s, diag[0])
+    tail, ci = [None, None, None, ""], [None, None, None]
     if van is not None:
-        vh, vs = nb.per_seed(van, numbers, "kept")
-        out["dh"], out["ds"] = _paired(h, vh), _paired(s, vs)
-        out["vh"] = mean_se(vh.values())
-        out["vkl"] = mean_se(r.last_value("kl_base_kept") for r in nb.of(van).values())
-        d = _diffs(h, vh)
-        out["p"] = stats.sign_flip_p(d)
-        ci = [stats.bootstrap_ci(d), nb.problem_ci(cell, van, view) if numbers == "eval" else None, out["p"]]
-        out["ci"] = ci
-        k = sum(1 for x in s if x in vs and s[x] is not None and vs[x] is not None
-                and abs(s[x] - vs[x]) <= nb.threshold + 1e-12)
-        n = out["ds"].n if out["ds"] else 0
-        both_zero = all(v == 0 for v in (*s.values(), *vs.values()) if v is not None)  # 0 vs 0: n/a
-        matched = matched_solve(None if out["ds"] is None else out["ds"].mean, both_zero, nb.threshold)
-        out["matched"] = matched
-        tail = [out["dh"], out["ds"], matched, f"{k}/{n}"]
-    else:
-        tail = [None, None, None, ""]
+        pd = read.paired = nb.paired(cell, van, numbers, view)
+        read.vanilla_hack = mean_se(nb.per_seed(van, numbers)[0].values())
+        read.vanilla_kl = mean_se(r.last_value("kl_base_kept") for r in nb.of(van).values())
+        tail = [pd.d_hack, pd.d_solve, pd.matched, pd.seeds_matched]
+        ci = [pd.hack.ci, pd.problem_ci(), pd.hack.p]
     hashes = sorted({j.hash for j in cell.jobs})
     row = [label, cell.arm if cell.source == "real" else f"{cell.arm}-{cell.source}", view,
-           sum(1 for j in cell.jobs if j.name in nb.runs), out["hack"], out["solve"], *tail, *ci, *diag,
-           ",".join(hashes)]
-    return row, out
+           sum(1 for j in cell.jobs if j.name in nb.runs), mean_se(h.values()), mean_se(s.values()), *tail, *ci,
+           *diag, ",".join(hashes)]
+    return row, read
 
 
 ARM_COLUMNS = ["row", "arm", "view", "n", "hack", "solve", "Δhack", "Δsolve", "matched_solve", "seeds_matched",
@@ -401,24 +377,21 @@ ARM_COLUMNS = ["row", "arm", "view", "n", "hack", "solve", "Δhack", "Δsolve", 
                "form_class", "hash"]
 
 
-def _reduces(claim: str, q: str, st: dict) -> Reading:
+def _reduces(claim: str, q: str, st: ArmRead) -> Reading:
     """`claim` = "X reduces hack vs vanilla by more than 2 SE at matched solve"."""
-    if st.get("vh") is not None and st["vh"].mean <= 0:
+    if st.vanilla_hack is not None and st.vanilla_hack.mean <= 0:
         return Reading(q, claim, "n/a", "vanilla never hacks (mean hack 0): nothing to reduce")
-    verdict, txt = _below(st["dh"])
-    matched = st.get("matched")
-    ds = st["ds"]
-    why = f"Δhack {txt}; Δsolve {_fmt(ds, True) if ds else '–'}, matched {_fmt(matched)}"
-    if verdict == "yes" and matched == "n/a":
+    pd = st.paired
+    verdict, txt = _below(pd.d_hack)
+    why = f"Δhack {txt}; Δsolve {_fmt(pd.d_solve, True) if pd.d_solve else '–'}, matched {_fmt(pd.matched)}"
+    if verdict == "yes" and pd.matched == "n/a":
         verdict, why = "n/a", why + " (solve 0 in both: matched solve cannot be judged)"
-    elif verdict == "yes" and not matched:
+    elif verdict == "yes" and not pd.matched:
         verdict = "no"
-    return Reading(q, claim, verdict, why, p=st.get("p"))
+    return Reading(q, claim, verdict, why, p=pd.hack.p)
 
 
-
-
-def primary(st: dict | None, q: str = "headline") -> tuple[Reading, Reading, str]:
+def primary(st: ArmRead | None, q: str = "headline") -> tuple[Reading, Reading, str]:
     """(primary reading, "moved from the base" reading, power note) of the headline's PRIMARY row: held-out
     hack of route's deployed model vs vanilla, paired over seeds, exact one-sided sign-flip test at
     α = 0.05 (pre-specified: no multiplicity correction), at matched solve, and counted only if the
@@ -429,7 +402,7 @@ def primary(st: dict | None, q: str = "headline") -> tuple[Reading, Reading, str
     if st is None:
         na = "no evaluation of route's ablated model"
         return Reading(q, claim, "n/a", na), Reading(q, mclaim, "n/a", na), ""
-    kl, vkl = st.get("kl"), st.get("vkl")
+    kl, vkl = st.kl, st.vanilla_kl
     if kl is None or vkl is None:
         moved = Reading(q, mclaim, "n/a", "kl_base not logged by these runs")
     elif vkl.mean <= 0:
@@ -437,19 +410,20 @@ def primary(st: dict | None, q: str = "headline") -> tuple[Reading, Reading, str
     else:
         moved = Reading(q, mclaim, "yes" if kl.mean >= MOVED * vkl.mean else "no",
                         f"kl_base_abl {kl.mean:.4f} vs vanilla's kl_base_kept {vkl.mean:.4f}")
-    d, ds, p, ci = st["dh"], st["ds"], st.get("p"), st.get("ci") or [None, None, None]
-    civ = "; ".join(f"95 % CI ({w}) [{c[0]:+.3f}, {c[1]:+.3f}]" for w, c in zip(("seeds", "seeds×problems"), ci[:2])
-                    if c is not None)
-    if st.get("vh") is not None and st["vh"].mean <= 0:
+    pd = st.paired
+    d, ds, p = pd.d_hack, pd.d_solve, pd.hack.p
+    civ = "; ".join(f"95 % CI ({w}) [{c[0]:+.3f}, {c[1]:+.3f}]"
+                    for w, c in zip(("seeds", "seeds×problems"), (pd.hack.ci, pd.problem_ci())) if c is not None)
+    if st.vanilla_hack is not None and st.vanilla_hack.mean <= 0:
         main = Reading(q, claim, "n/a", "vanilla never hacks (mean hack 0): nothing to reduce")
     elif d is None or p is None or d.n < 2:
         main = Reading(q, claim, "n/a", f"n = {0 if d is None else d.n} paired seed(s) < 2")
     else:
-        ok = d.mean < 0 and p < stats.ALPHA and st.get("matched") is True
+        ok = d.mean < 0 and p < stats.ALPHA and pd.matched is True
         verdict = moved.verdict if ok else "no"  # moved n/a (not logged): the result cannot count, nor fail
         main = Reading(q, claim, verdict,
                        f"Δhack {_fmt(d, True)}, {civ or 'no interval'}; Δsolve {_fmt(ds, True) if ds else '–'}, "
-                       f"matched {_fmt(st.get('matched'))}; moved {moved.verdict}", p=p)
+                       f"matched {_fmt(pd.matched)}; moved {moved.verdict}", p=p)
     note = ""
     if d is not None and d.n >= 2 and d.se is not None:
         sd = d.se * d.n ** 0.5
@@ -462,10 +436,10 @@ def primary(st: dict | None, q: str = "headline") -> tuple[Reading, Reading, str
     return main, moved, note
 
 
-def _arms_section(q: str, cells: list[Cell], nb: Numbers) -> tuple[Section, dict[str, dict]]:
+def _arms_section(q: str, cells: list[Cell], nb: Numbers) -> tuple[Section, dict[str, ArmRead]]:
     numbers = nb.source(cells)
     by = {c.label: c for c in cells}
-    rows, stats = [], {}
+    rows, reads = [], {}
     for c in cells:
         van = by.get(c.vanilla) if c.vanilla else None
         views = ["kept", "ablated"] if c.arm == "route" and numbers == "eval" else ["kept"]
@@ -473,9 +447,9 @@ def _arms_section(q: str, cells: list[Cell], nb: Numbers) -> tuple[Section, dict
             label = c.label + (" (δS_hack ablated)" if view == "ablated" else "")
             row, st = _row_for(nb, c, van, numbers, view, label)
             rows.append(row)
-            stats[label] = st
+            reads[label] = st
     dirs = sorted({j.run_dir for c in cells for j in c.jobs})
-    return Section(q, TITLES[q], numbers, list(ARM_COLUMNS), rows, [], dirs), stats
+    return Section(q, TITLES[q], numbers, list(ARM_COLUMNS), rows, [], dirs), reads
 
 
 def headline(cells: list[Cell], nb: Numbers, q: str = "headline") -> Section:
@@ -511,17 +485,17 @@ def controls(cells: list[Cell], nb: Numbers) -> Section:
             row.append(None)
             continue
         c_st = st[label]
-        row.append(_paired(c_st["h"], real["h"]))
+        row.append(Delta.by_seed(c_st.hack, real.hack).mean_se)
         # route's deployed model is the ablated one; with training numbers only, route is read as trained
         if arm == "route" and not view and f"route (real V) {_ABL}" in st:
             continue
-        d = _paired(real["h"], c_st["h"])  # real − control, paired per seed
-        verdict, txt = _versus(d, real["h"], c_st["h"])
+        d = Delta.by_seed(real.hack, c_st.hack)  # real − control, paired per seed
+        verdict, txt = _versus(d, real.hack, c_st.hack)
         who = "erase" if arm == "erase" else "route (deployed)"
         verdicts.setdefault(who, []).append(verdict)
         lines.append(Reading(q, f"{who}: real V beats {src} V on hack by more than 2 SE", verdict,
                              f"hack(real) − hack({src}): {txt}",
-                             p=None if verdict == "n/a" else stats.sign_flip_p(_diffs(real["h"], c_st["h"]))))
+                             p=None if verdict == "n/a" else d.p))
     for who, vs in verdicts.items():
         sec.readings.append(Reading(q, f"{who}: real V beats all controls on Δhack by more than 2 SE", _all(vs),
                                     "every per-control line below is yes" if _all(vs) == "yes"
@@ -544,11 +518,11 @@ def update(cells: list[Cell], nb: Numbers) -> Section:
         row += [mean_se(r.last_mean(k, nb.last) for r in runs) for k in ("cout", "cout_update")]
     g, u = st.get("erase, gradient space"), st.get("erase, update space")
     if g and u:
-        d = _paired(u["h"], g["h"])
-        verdict, txt = _versus(d, u["h"], g["h"])
+        d = Delta.by_seed(u.hack, g.hack)
+        verdict, txt = _versus(d, u.hack, g.hack)
         sec.readings.append(Reading(q, "update-space erase has lower hack than gradient-space erase by more than 2 SE",
                                     verdict, f"hack(update) − hack(gradient): {txt}",
-                                    p=None if verdict == "n/a" else stats.sign_flip_p(_diffs(u["h"], g["h"]))))
+                                    p=None if verdict == "n/a" else d.p))
         sec.readings.append(_reduces("update-space erase reduces hack vs vanilla by more than 2 SE at matched solve",
                                      q, u))
         sec.readings.append(_reduces("gradient-space erase reduces hack vs vanilla by more than 2 SE at matched solve",
@@ -578,24 +552,24 @@ def lomo(cells: list[Cell], nb: Numbers, modes: tuple[str, ...], eval_modes: dic
         if evaluated and not has_m:
             absent.append(m)
         (vh, vs), (rh, rs), (xh, xs) = (nb.mode_values(c, m, numbers) for c in (van, real, rnd))
-        d_real_rand = _paired(rh, xh)
+        d_real_rand = Delta.by_seed(rh, xh)
         any_hack = any((v or 0) > 0 for d in (vh, rh, xh) for v in d.values())
         if not fruns:
             verdict, why = "n/a", "no finished runs"
         elif not any_hack:
             verdict, why = "n/a", f"no run of this fold hacked on {m}: nothing to tell apart"
         else:
-            verdict, txt = _below(d_real_rand)
+            verdict, txt = _below(d_real_rand.mean_se)
             why = f"hack_M(real) − hack_M(random): {txt}"
         unit = "eval rate" if numbers == "eval" else f"train exploit count, last {nb.last} steps"
         if numbers == "train" and m in absent:
             unit += f" ({m} absent from the eval set)"
         readings.append(Reading(q, f"real V beats random V on held-out mode {m}", verdict, f"{unit}: {why}",
-                                p=None if verdict == "n/a" else stats.sign_flip_p(_diffs(rh, xh))))
-        n = d_real_rand.n if d_real_rand else 0
+                                p=None if verdict == "n/a" else d_real_rand.p))
+        n = d_real_rand.n
         n_eval = "?" if eval_modes is None else eval_modes.get(m, 0)
         rows.append([m, numbers, n_eval, n, mean_se(vh.values()), mean_se(rh.values()), mean_se(xh.values()),
-                     _paired(rh, vh), _paired(xh, vh), d_real_rand,
+                     Delta.by_seed(rh, vh).mean_se, Delta.by_seed(xh, vh).mean_se, d_real_rand.mean_se,
                      mean_se(vs.values()), mean_se(rs.values()), mean_se(xs.values()), verdict])
     dirs = sorted({j.run_dir for c in cells for j in c.jobs})
     sec = Section(q, TITLES[q], "per mode (column `numbers`)", LOMO_COLUMNS, rows, readings, dirs)
@@ -657,15 +631,6 @@ def _cell(v, delta: bool) -> str:
     return _fmt(v, delta)
 
 
-def _table_md(columns: list[str], rows: list[list[Any]]) -> list[str]:
-    if not rows:
-        return ["(no rows)"]
-    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        out.append("| " + " | ".join(_cell(v, c in _DELTA_COLS) for c, v in zip(columns, row)) + " |")
-    return out
-
-
 def render(plan: Plan, sections: list[Section], notes: list[str], command: str, last: int, threshold: float,
            plots: dict[str, str]) -> str:
     o = [f"# Study: preset `{plan.preset}`, seeds {list(plan.seeds)}", "",
@@ -698,7 +663,7 @@ def render(plan: Plan, sections: list[Section], notes: list[str], command: str, 
         o += [f"## {s.title}", "", f"numbers: {s.numbers}" + (" (final greedy evaluation)" if s.numbers == "eval" else
                                                                f" (training, last {last} steps)" if s.numbers == "train"
                                                                else ""), ""]
-        o += _table_md(s.columns, s.rows)
+        o += md_table(s.columns, s.rows, _DELTA_COLS, _cell, empty="(no rows)")
         o.append("")
         o += [f"- {r.line()}" for r in s.readings]
         o += [f"- {x}" for x in s.extra]
@@ -722,12 +687,6 @@ def _match_hash(job: Job) -> str:
     from .config import parse_config
 
     return parse_config(job.flags).match_hash()
-
-
-def _jsonable(v):
-    if isinstance(v, MeanSE):
-        return {"mean": v.mean, "se": v.se, "n": v.n}
-    return v
 
 
 def to_json(plan: Plan, sections: list[Section], notes: list[str], command: str) -> dict:
