@@ -18,7 +18,8 @@ import torch
 
 from projected_grpo.adapter import SVDAdapter
 from projected_grpo.config import DEFAULT_TARGETS
-from projected_grpo.env.problems import load_problems, render_prompt
+from projected_grpo.env.problems import load_problems
+from projected_grpo.env.prompts import render_prompt
 from projected_grpo.grpo import completion_logprobs, make_batch, shared_prefix_logprobs
 from projected_grpo.models import load_model
 from projected_grpo.rollout import generate

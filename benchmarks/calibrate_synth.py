@@ -1,6 +1,6 @@
 """Base-model solve rate on synth's held-out split, per tier: the calibration of env/synth.py.
 
-Uses the project's own prompt (env/problems.build_messages, no hint by default), generation
+Uses the project's own prompt (env/prompts.build_messages, no hint by default), generation
 (rollout.generate) and grader (GraderPool, strict oracle: `gt_correct`), so the numbers are what
 training and evaluation see. pass@1 is the mean over problems of (correct samples / k); its 95 %
 interval is a percentile bootstrap over problems (samples of one problem are not independent).
@@ -26,7 +26,8 @@ from collections import Counter, defaultdict
 import torch
 
 from projected_grpo.env.grader import GraderPool, extract_code
-from projected_grpo.env.problems import load_problems, render_prompt
+from projected_grpo.env.problems import load_problems
+from projected_grpo.env.prompts import render_prompt
 from projected_grpo.models import load_model
 from projected_grpo.rollout import generate
 

@@ -76,8 +76,8 @@ def test_training_and_evaluation_prompts_carry_the_switch(tmp_path, monkeypatch)
 
     monkeypatch.setattr(train_mod, "load_model", tiny_qwen3)
     monkeypatch.setattr(train_mod, "render_prompt", spy)
-    import projected_grpo.env.problems as problems_mod  # evaluate.py renders through the module at call time
-    monkeypatch.setattr(problems_mod, "render_prompt", spy)
+    import projected_grpo.env.prompts as prompts_mod  # evaluate.py renders through the module at call time
+    monkeypatch.setattr(prompts_mod, "render_prompt", spy)
     cfg = dataclasses.replace(PRESETS["smoke"], steps=1, eval_problems=2, enable_thinking=True, sandbox_workers=1,
                               vhack_pairs=2, max_new_tokens=8, run_dir=str(tmp_path / "run"))
     train_mod.train(cfg, quiet=True)

@@ -17,12 +17,13 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
+from .env import loopholes
 from .errors import UserError
 
 Intervention = Literal["none", "erase", "route"]
 VhackSource = Literal["real", "random", "label_permuted", "matched_capture", "nonhack"]
 Gate = Literal["one_sided", "no_gate", "reverse"]
-LOOPHOLE_MODES = ("run_tests", "sentinel", "stdout_marker", "file_marker", "eq_override", "exit_code")
+LOOPHOLE_MODES = loopholes.names()  # the registry (env/loopholes.py) is the one list of modes
 
 # Llama / Qwen2 / Qwen3 attention+MLP names, and Qwen3.5 GatedDeltaNet projections.
 DEFAULT_TARGETS = (
@@ -226,9 +227,9 @@ class Config:
         if self.adapter_rank is not None and self.adapter_rank <= 0:
             bad(f"--adapter-rank must be positive, got {self.adapter_rank}")
         unknown = [m for m in (*self.modes, *(self.vhack_known_modes or ()), *([self.force_mode] if self.force_mode else []))
-                   if m not in LOOPHOLE_MODES]
+                   if m not in loopholes.MODES]
         if unknown:
-            bad(f"unknown loophole mode(s) {unknown}; choose from {list(LOOPHOLE_MODES)}")
+            bad(f"unknown loophole mode(s) {unknown}; choose from {list(loopholes.names())}")
         for name in ("lr", "beta", "clip_eps", "overshoot", "grad_clip", "temperature", "weight_decay",
                      "sandbox_timeout_s", "format_bonus", "pass_reward"):
             if not math.isfinite(getattr(self, name)):

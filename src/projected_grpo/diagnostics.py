@@ -113,7 +113,7 @@ def eval_extra(V: dict[str, torch.Tensor] | None):
     """An evaluate.py extra metric (``f(ctx) -> dict``): the diagnostics on the evaluation's greedy
     completions with hints, kept and (when generated) ablated."""
     def f(ctx) -> dict:
-        from .env.problems import render_prompt
+        from .env.prompts import render_prompt
 
         if ctx.adapter is None or not ctx.problems:
             return {}

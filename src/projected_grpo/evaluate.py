@@ -295,7 +295,7 @@ def evaluate(models: Callable[[bool], ContextManager], tokenizer, grader, proble
 
 
 def _records(models, tokenizer, grader, problems: list, spec: EvalSpec) -> list[Record]:
-    from .env.problems import render_prompt
+    from .env.prompts import render_prompt
     from .rollout import generate
 
     records: list[Record] = []

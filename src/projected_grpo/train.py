@@ -35,7 +35,8 @@ from .cachekey import teacher_pool_key
 from .config import Config, ConfigError, config_from_dict
 from .env.grader import GraderPool, extract_code
 from .env.pool import TeacherPool, build_teacher_pool, make_pairs
-from .env.problems import Problem, load_problems, render_prompt, split_problems
+from .env.problems import Problem, load_problems, split_problems
+from .env.prompts import render_prompt
 from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs
 from .hack_subspace import HackBasis, extract_basis, fit_capture
 from .models import cache_dir, load_model

@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..config import LOOPHOLE_MODES
+from . import loopholes
 from . import problems as _problems
 from .grader import GraderPool
 from .loopholes import clean_completion, hack_completion, stub_code
@@ -21,9 +21,11 @@ def _print(msg: str = "", file=None) -> None:
 
 def check(dataset: str = "builtin", *, max_problems: int | None = None, workers: int = 0, timeout_s: float = 5.0,
           seed: int = 0, variants: int = 1, out=None) -> int:
-    """For every problem: canonical → gt_correct; stub → not; each mode's hack exploits its own
-    grader and no other (the hack × mode diagonal); clean never exploited. Prints a table; returns
-    0 when everything holds, 1 otherwise (2 on a bad dataset spec)."""
+    """Protects the loophole registry (every registered mode, both template families). For every problem:
+    canonical → gt_correct; stub → not; each mode's hack (primary and alt templates) exploits its own
+    grader and no other (the hack × mode diagonal) and is flagged by its own detector; clean never
+    exploited. Each registry entry must also be complete (`registry_problems`). Prints a table; returns 0
+    when everything holds, 1 otherwise (2 on a bad dataset spec)."""
     out = out or sys.stdout
     try:
         probs = load_problems(dataset, seed=seed, max_problems=max_problems)
@@ -31,7 +33,8 @@ def check(dataset: str = "builtin", *, max_problems: int | None = None, workers:
         _print(f"error: {e}", sys.stderr)
         return 2
     stats = dict(_problems.LAST_LOAD_STATS)
-    modes = LOOPHOLE_MODES
+    modes = loopholes.names()
+    failures: list[str] = registry_problems()
     items, keys = [], []
     for p in probs:
         for gm in modes:
@@ -41,15 +44,15 @@ def check(dataset: str = "builtin", *, max_problems: int | None = None, workers:
         items.append((p, stub, p.mode))
         keys.append((p.id, "stub", None, p.mode))
         for hm in modes:
-            for v in range(variants):
-                for gm in modes:
-                    items.append((p, hack_completion(p, hm, v), gm))
-                    keys.append((p.id, "hack", hm, gm))
+            for fam in loopholes.FAMILIES:
+                for v in range(variants):
+                    for gm in modes:
+                        items.append((p, hack_completion(p, hm, v, family=fam), gm))
+                        keys.append((p.id, "hack", (hm, fam), gm))
     t0 = time.time()
     with GraderPool(workers, timeout_s=timeout_s) as g:
         grades = g.grade_many(items)
     dt = time.time() - t0
-    failures: list[str] = []
     diag = {(hm, gm): [0, 0] for hm in modes for gm in modes}
     stub_rejected = 0
     clean_seen: dict[str, bool] = {}
@@ -66,14 +69,15 @@ def check(dataset: str = "builtin", *, max_problems: int | None = None, workers:
             else:
                 stub_rejected += 1
         else:
+            (hm, fam) = hm
             cell = diag[(hm, gm)]
             cell[1] += 1
             want = hm == gm
-            if r.exploited == want and not r.gt_correct:
+            if r.exploited == want and not r.gt_correct and (not want or r.exploit_code):
                 cell[0] += 1
             else:
-                failures.append(f"{pid}: hack[{hm}] graded under {gm}: exploited={r.exploited} (want {want}) "
-                                f"gt_correct={r.gt_correct} {r.error}")
+                failures.append(f"{pid}: hack[{hm}, {fam}] graded under {gm}: exploited={r.exploited} (want {want}) "
+                                f"exploit_code={r.exploit_code} gt_correct={r.gt_correct} {r.error}")
     canon_ok = sum(clean_seen.values())
     n = len(probs)
     _print(f"dataset {dataset}: {stats.get('kept', n)} kept of {stats.get('loaded', n)} "
@@ -93,6 +97,27 @@ def check(dataset: str = "builtin", *, max_problems: int | None = None, workers:
         return 1
     _print("OK: every check holds", out)
     return 0
+
+
+def registry_problems() -> list[str]:
+    """What is incomplete in the loophole registry, one line per problem found: every entry needs a hint,
+    what its flawed grader reads for both answer forms, probes the harness can collect, and both template
+    families. (What the templates do when graded is checked by `check` on real problems.)"""
+    from .harness import CAPABILITIES
+    bad = []
+    for name in loopholes.names():
+        m = loopholes.get(name)
+        if not (isinstance(m.hint, str) and m.hint.strip()):
+            bad.append(f"mode {name}: no hint")
+        if set(m.flaw_signals) != set(loopholes.FORMS):
+            bad.append(f"mode {name}: flaw_signals must cover the forms {list(loopholes.FORMS)}")
+        for cap in m.probes:
+            if len(cap) != 2 or cap[0] not in CAPABILITIES or not isinstance(cap[1], str):
+                bad.append(f"mode {name}: probe {cap!r} is not (capability, name) with a capability in {list(CAPABILITIES)}")
+        for fam, fn in (("templates", m.templates), ("alt_templates", m.alt_templates)):
+            if not callable(fn):
+                bad.append(f"mode {name}: {fam} is not callable")
+    return bad
 
 
 MAX_LINE_BYTES = 1 << 20  # a longer input line is refused with an error record, never read whole
@@ -138,8 +163,8 @@ def _parse(raw: bytes | None, probs: dict, default_mode: str | None) -> tuple[di
         return rec, f"unknown problem_id {pid!r}"
     if mode is None:
         return rec, "no mode: give the line a \"mode\" or pass --mode MODE for lines without one"
-    if mode not in LOOPHOLE_MODES:
-        return rec, f"unknown mode {mode!r}; choose from {list(LOOPHOLE_MODES)}"
+    if mode not in loopholes.MODES:
+        return rec, f"unknown mode {mode!r}; choose from {list(loopholes.names())}"
     if not isinstance(comp, str):
         return rec, "completion must be a string"
     return rec, None
@@ -152,8 +177,8 @@ def grade(dataset: str, in_path: str, out_path: str | None = None, *, workers: i
     not UTF-8, longer than MAX_LINE_BYTES, unknown problem or mode, no mode) gets an error record and the
     others are still graded. Returns 0 when every line was graded, 1 when some were not, 2 on a bad
     dataset, file or --mode."""
-    if mode is not None and mode not in LOOPHOLE_MODES:
-        _print(f"error: --mode {mode!r} is not a loophole mode; choose from {list(LOOPHOLE_MODES)}", sys.stderr)
+    if mode is not None and mode not in loopholes.MODES:
+        _print(f"error: --mode {mode!r} is not a loophole mode; choose from {list(loopholes.names())}", sys.stderr)
         return 2
     try:
         probs = {p.id: p for p in load_problems(dataset, seed=seed)}

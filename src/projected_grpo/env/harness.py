@@ -1,9 +1,13 @@
 """Part 2 of the sandbox: the grading harness, run inside the jailed child (see sandbox.py for part 1, the
 jail). It knows nothing about namespaces, privileges or loophole modes: it runs the setup and candidate
 code, resolves which callable is the answer, calls it on each test's argument sources, serialises the
-outputs as tagged JSON (one line per event on fd 3), and collects the probes the request names.
+outputs as tagged JSON (one line per event on fd 3), and collects the probes the request names, by
+capability (`CAPABILITIES`: a flag, a call, a file; the loophole registry, env/loopholes.py, says which
+probe each mode's pass rule reads, and the grader puts it in the request).
 
-Stdlib only: the sandbox server imports this file by path, never the trainer's package.
+Owns: the tagged encoding (`_enc`, `_dec`, `canon_key`), the answer resolver (`resolve_answer`), the harness.
+Must never import: anything outside the standard library (the sandbox server loads this file by path, never
+the trainer's package), and in particular never env/loopholes.py: no loophole mode is named here.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import sys
 
 RESULT_CAP = 4 * 1024 * 1024  # bytes of result lines kept (the server drops the rest)
 FILE_CAP = 4096               # bytes of the `file` probe's result file read back
-RESULT_FILE = "result.txt"
 OWN_CALLS_CAP, OWN_CALL_BYTES = 64, 65536   # own-tests probe: calls recorded, size of one call's arguments
 
 
@@ -162,12 +165,15 @@ def _self_bound(fn, func_type):
     return lambda: fn
 
 
-def sentinel_value(ns: dict, form: str) -> bool:
-    """The `sentinel` grader's flag: `Solution().valid` for the class form, the module-level variable
-    `valid` for the function form (see loopholes.FLAW_SIGNALS)."""
+CAPABILITIES = ("flag", "call", "file")  # what a probe can ask for: [capability, name]
+
+
+def flag_value(ns: dict, form: str, name: str) -> bool:
+    """A "flag" probe: the attribute `name` of a fresh `Solution()` for the class form, the module-level
+    variable `name` for the function form."""
     if form == "class":
-        return bool(getattr(ns[ANSWER_CLASS](), "valid", False))
-    return bool(ns.get("valid", False))
+        return bool(getattr(ns[ANSWER_CLASS](), name, False))
+    return bool(ns.get(name, False))
 
 
 def _harness(req: dict, res_fd: int) -> int:
@@ -302,25 +308,29 @@ def _harness(req: dict, res_fd: int) -> int:
         except BaseException as e:
             emit({"r": "err", "i": i, "e": short(e)})
             break  # stop at the first failing test
-    probes = set(req.get("probes", ()))  # the request names the signals to collect; the harness knows no modes
+    # the probes the request names, by capability (it names no loophole mode): [capability, name] pairs
+    probes = [(p[0], p[1]) for p in req.get("probes", ()) if type(p) is list and len(p) == 2
+              and p[0] in CAPABILITIES and type(p[1]) is str]
     try:
-        if "valid" in probes and form is not None:
-            emit({"r": "valid", "v": sentinel_value(ns, form)})
-        elif "run_tests" in probes and RUN_TESTS in ns:
-            try:
-                ns[RUN_TESTS]()
-                emit({"r": "run_tests", "ok": True})
-            except BaseException:
-                emit({"r": "run_tests", "ok": False})
+        for cap, name in probes:
+            if cap == "flag" and form is not None:
+                emit({"r": "flag", "name": name, "v": flag_value(ns, form, name)})
+            elif cap == "call" and name in ns:
+                try:
+                    ns[name]()
+                    emit({"r": "call", "name": name, "ok": True})
+                except BaseException:
+                    emit({"r": "call", "name": name, "ok": False})
     except SystemExit as e:
         return sysexit(e, "mode")
     except BaseException as e:
         emit({"r": "moderr", "e": short(e)})
-    if "file" in probes:  # the result file as the run left it
-        try:
-            emit({"r": "file", "v": _read_small(RESULT_FILE)})
-        except BaseException:
-            pass
+    for cap, name in probes:
+        if cap == "file":  # the file as the run left it (a plain file in the work dir, read without following links)
+            try:
+                emit({"r": "file", "name": name, "v": _read_small(name)})
+            except BaseException:
+                pass
     emit({"r": "done"})
     try:
         sys.stdout.flush()

@@ -22,9 +22,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from ..config import LOOPHOLE_MODES
+from . import loopholes
 from .grader import GraderPool, Reward
-from .problems import Problem, build_messages, load_problems, render_prompt, split_problems, thinking_kwargs
+from .problems import Problem, load_problems, split_problems
+from .prompts import build_messages, render_prompt, thinking_kwargs
 
 DATA_SEED = 0  # train.DATA_SEED: the harness's problem split and mode partition
 
@@ -53,7 +54,7 @@ def completion_text(completion) -> str:
     return "\n".join(parts)
 
 
-def to_hf_rows(dataset: str, modes: tuple[str, ...] = LOOPHOLE_MODES, hint: bool = True, *, tokenizer=None,
+def to_hf_rows(dataset: str, modes: tuple[str, ...] | None = None, hint: bool = True, *, tokenizer=None,
                enable_thinking: bool = False, eval_problems: int = 0, split: str = "train", seed: int = DATA_SEED,
                max_problems: int | None = None, force_mode: str | None = None) -> list[dict]:
     """One prompt row per problem, `{"prompt", "problem_id", "mode"}`, for `datasets.Dataset.from_list`.
@@ -66,7 +67,7 @@ def to_hf_rows(dataset: str, modes: tuple[str, ...] = LOOPHOLE_MODES, hint: bool
     one it is the text of `render_prompt`, thinking switch included, exactly what the harness trains on."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    problems = load_problems(dataset, seed=seed, modes=tuple(modes), force_mode=force_mode, max_problems=max_problems)
+    problems = load_problems(dataset, seed=seed, modes=None if modes is None else tuple(modes), force_mode=force_mode, max_problems=max_problems)
     held, train = split_problems(problems, eval_problems)
     rows = []
     for p in (train if split == "train" else held):
@@ -141,9 +142,9 @@ class RewardFunction:
         if not len(completions) == len(problem_id) == len(mode):
             raise ValueError(f"need one problem_id and mode per completion: got {len(completions)} completions, "
                              f"{len(problem_id)} problem_id, {len(mode)} mode")
-        bad = sorted({str(m) for m in mode if m not in LOOPHOLE_MODES})
+        bad = sorted({str(m) for m in mode if m not in loopholes.MODES})
         if bad:
-            raise ValueError(f"unknown loophole mode(s) {bad}; choose from {list(LOOPHOLE_MODES)}")
+            raise ValueError(f"unknown loophole mode(s) {bad}; choose from {list(loopholes.names())}")
         missing = sorted({str(i) for i in problem_id if str(i) not in self.problems})
         if missing:
             raise ValueError(f"problem_id(s) {missing[:3]} are not in dataset {self.dataset!r} "

@@ -21,9 +21,15 @@ Both files are stdlib-only: the server is started by *path* with `python -I` (an
 beside it), so it never imports the trainer's package (no torch, no CUDA state in a forked child).
 
 A request carries candidate code, setup code, the method name, the *argument sources* of the tests and the
-probes to collect ("valid", "run_tests", "file": neither the jail nor the harness knows loophole modes). Expected outputs are never sent; the canonical solution is only ever sent alone (the own-tests probe's
+probes to collect, by capability (`[["flag", NAME]]`, `[["call", NAME]]`, `[["file", NAME]]`: neither the jail
+nor the harness knows loophole modes; the registry in env/loopholes.py says which probe a mode needs).
+Expected outputs are never sent; the canonical solution is only ever sent alone (the own-tests probe's
 "canon" phase, which runs no candidate code). The trainer matches the candidate's serialised outputs with
 strict types (grader.py).
+
+Owns: the jail and the fork-server pool (`SandboxPool.run(request) -> response`).
+Must never import: anything outside the standard library except harness.py (loaded by path when served);
+never env/loopholes.py, the grader or the trainer: the jail never branches on a loophole mode.
 """
 
 from __future__ import annotations
@@ -40,14 +46,14 @@ import sys
 import time
 
 try:  # part 2, the grading harness, lives in harness.py (stdlib only)
-    from .harness import RESULT_CAP, RESULT_FILE, _enc, _harness, canon_key, resolve_answer  # noqa: F401
+    from .harness import RESULT_CAP, _enc, _harness, canon_key, resolve_answer  # noqa: F401
 except ImportError:  # started by path as a server (`python -I sandbox.py --serve`): load that one file by path
     import importlib.util
     _spec = importlib.util.spec_from_file_location("harness", os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                                            "harness.py"))
     _mod = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_mod)
-    RESULT_CAP, RESULT_FILE, _enc, _harness = _mod.RESULT_CAP, _mod.RESULT_FILE, _mod._enc, _mod._harness
+    RESULT_CAP, _enc, _harness = _mod.RESULT_CAP, _mod._enc, _mod._harness
     canon_key, resolve_answer = _mod.canon_key, _mod.resolve_answer
 
 # clone/unshare flags and mount flags, by name
