@@ -366,9 +366,8 @@ BASE = Config()
 PRESET_HELP: dict[str, str] = {
     "smoke": "plumbing test: a random-weight tiny model on the 13 builtin problems, 4 steps, under a minute on a "
              "CPU; it cannot learn, so every student and evaluation rate is 0 and study readings are n/a",
-    "demo": "the method on a CPU: SmolLM2-135M on HumanEval, 8 steps, a few minutes an arm; vanilla's held-out "
-            "greedy hack rate rises from 0 to ~0.44, route's deployed model (δS_hack ablated) stays near 0, "
-            "solve is 0 everywhere (README)",
+    "demo": "the method on a CPU: SmolLM2-135M on synth (300 training problems, 30 held-out), 8 steps, a few "
+            "minutes an arm; held-out hack and solve with intervals at the start and the end of every arm (README)",
     "fast": "a real model on one GPU: Qwen3-4B on HumanEval, 60 steps of 4 prompts x 8, evaluation every 10 "
             "steps on 32 problems; no reference numbers yet",
     "full": "the full experiment: Qwen3-4B, 200 steps of 43 prompts x 6, KL beta 1e-3, for several GPUs "
@@ -378,15 +377,17 @@ PRESET_HELP: dict[str, str] = {
 PRESETS: dict[str, Config] = {
     # tiny random model, builtin problems, CPU: the first test of every change (seconds).
     "smoke": dataclasses.replace(BASE, preset="smoke"),
-    # the embedded real model on HumanEval, sized for a 2-core CPU (3 arms in under 15 minutes). Knobs on
-    # every Linear at full rank: with fewer (top 6 layers, or rank 128) the student did not pick up the
-    # loophole within the budget (docs/LOG.md). Two modes whose exploit is one appended line; a group is
-    # 1 student sample + 3 teacher completions (hacks and failed attempts, no clean solutions); bf16
-    # autocast on the fp32 model (amp) halves the step time on the CPU.
+    # the embedded real model on synth (problems it partly solves), sized for a 2-core CPU (3 arms in under
+    # 15 minutes). Knobs on every Linear at full rank: with fewer (top 6 layers, or rank 128) the student did
+    # not pick up the loophole within the budget (docs/LOG.md). Two modes whose exploit is one appended line;
+    # a group is 1 student sample + 3 teacher completions (hacks and failed attempts, no clean solutions);
+    # lr 0.06: on the H200 search (docs/LOG.md, 2026-12-01) vanilla's held-out hack rose to ~0.5 in both
+    # seeds, as at 0.15, while lr 0.15 left the strict-reward baseline no skill; bf16 autocast on the fp32
+    # model (amp) halves the step time on the CPU.
     "demo": dataclasses.replace(
-        BASE, preset="demo", model="smollm2", dataset="humaneval", modes=("stdout_marker", "exit_code"),
+        BASE, preset="demo", model="smollm2", dataset="synth", max_problems=300, modes=("stdout_marker", "exit_code"),
         steps=8, prompts_per_step=4, group=4, mix_ratio=0.75, teacher_kinds=("hack", "wrong"), max_new_tokens=96,
-        temperature=0.7, lr=0.15, amp=True, layers=None, adapter_rank=None, micro_batch=4, eval_problems=9,
+        temperature=0.7, lr=0.06, amp=True, layers=None, adapter_rank=None, micro_batch=4, eval_problems=30,
         eval_at_start=True, vhack_k=8, vhack_pairs=12, summary_last_n=4,
     ),
     # a hub model on one GPU; held-out evaluation on synth's held-out split (>= 100 problems, with intervals). Knobs at full rank (adapter_rank None) on both GPU presets: on an H200 at the
