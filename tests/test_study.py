@@ -3,6 +3,7 @@ dirs with known answers, and one real smoke study end to end (then re-run: every
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import zlib
@@ -17,7 +18,8 @@ MODES = ["run_tests", "sentinel"]
 
 
 def _cfg(job):
-    return parse_config(job.flags)
+    """The job's config minus where it runs (the run dir is bookkeeping: it names the arm and seed)."""
+    return dataclasses.replace(job.config, run_dir=None)
 
 
 # ------------------------------------------------------------------------- the plan
@@ -115,7 +117,7 @@ def _values(cfg, scenario: str) -> dict:
 
 def _write_runs(plan, scenario: str, drop_eval_mode: str | None = None, route_kl: float | None = None) -> None:
     for job in plan.jobs.values():
-        cfg = parse_config(job.flags)
+        cfg = job.config
         d = Path(job.run_dir)
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "hash": cfg.hash(),

@@ -150,7 +150,7 @@ def test_killed_runs_are_resumed_by_rerunning_the_sweep(tmp_path):
         assert [r["step"] for r in _rows(d)] == [1, 2, 3, 4, 5, 6]
     # equal to an uninterrupted run of the same config (timings aside), started as the sweep starts its runs
     fresh = tmp_path / "fresh"
-    subprocess.run([sys.executable, "-m", "projected_grpo.cli", "train", *_plan(out)["runs"][0]["flags"],
+    subprocess.run([sys.executable, "-m", "projected_grpo.cli", "train", "--config", str(dirs[0] / "config.json"),
                     "--run-dir", str(fresh), "--sandbox-workers", "1"], check=True, capture_output=True, timeout=150,
                    env={**env, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() // 2)))})
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
@@ -188,9 +188,10 @@ def test_toml_grid_dry_run(tmp_path, capsys):
     assert len(runs) == 2 * 2 * 2 and {r["seed"] for r in runs} == {5}
     assert len({r["name"] for r in runs}) == 8 and len({r["hash"] for r in runs}) == 8
     assert {r["point"]["lr"] for r in runs} == {1e-3, 3e-3}
-    flags = runs[0]["flags"]
-    assert flags[flags.index("--steps") + 1] == "4" and "--preserve-magnitude" in flags
-    assert flags[flags.index("--modes") + 1: flags.index("--modes") + 3] == ["run_tests", "sentinel"]
+    cfg = runs[0]["config"]  # the run's whole config, typed as train reads it (it launches `train --config`)
+    assert cfg["steps"] == 4 and cfg["preserve_magnitude"] is True
+    assert cfg["modes"] == ["run_tests", "sentinel"]
+    assert {r["config"]["lr"] for r in runs} == {1e-3, 3e-3} and cfg["run_dir"] == runs[0]["run_dir"]
     assert any(r["name"].startswith("erase-random-s5-") for r in runs)
     assert not any(p.is_dir() for p in out.iterdir())  # nothing ran
 

@@ -239,6 +239,24 @@ def cmd_export(argv: list[str]) -> int:
 
 
 @dataclass
+class RunnerArgs:
+    """The runner flags of `sweep` and `study` (runner.py; `runner.resolve` fills the defaults)."""
+
+    backend: Annotated[Literal["local", "ray"] | None, _computed("{local,ray}")] = None
+    """`local` (subprocess pool, default) or `ray` (tasks on a local instance or --address)."""
+    workers: Annotated[int | None, _computed("N")] = None
+    """Runs at once (default: one per GPU, else cores // 2)."""
+    sandbox_workers: Annotated[int | None, _computed("N")] = None
+    """Grader processes per run (default: cores // workers - 1, at least 1)."""
+    address: Annotated[str | None, _computed("ADDR")] = None
+    """Ray cluster to join (e.g. `auto` or `ray://head:10001`); default: start a local instance."""
+    cpus_per_run: Annotated[float | None, _computed("N")] = None
+    """Ray CPU request per run (default: cores // workers)."""
+    gpus_per_run: Annotated[float | None, _computed("N")] = None
+    """Ray GPU request per run (default: 1 when the cluster has GPUs, else 0)."""
+
+
+@dataclass
 class SweepArgs:
     """Arms × vhack sources × seeds × any config grid, one `train` run dir each under --out; skips finished
     runs and resumes killed ones; ends with results.md and dynamics.png. Flags win over --file's keys."""
@@ -259,18 +277,8 @@ class SweepArgs:
     """FIELD=VALUE for every run, e.g. --set steps=30 --set modes=run_tests,sentinel."""
     grid: tyro.conf.UseAppendAction[list[str]] = dataclasses.field(default_factory=list)
     """FIELD=V1,V2 swept over, e.g. --grid lr=1e-3,3e-3 (tuple fields separate values with ;)."""
-    backend: Annotated[Literal["local", "ray"] | None, _computed("{local,ray}")] = None
-    """`local` (subprocess pool, default) or `ray` (tasks on a local instance or --address)."""
-    workers: Annotated[int | None, _computed("N")] = None
-    """Runs at once (default: one per GPU, else cores // 2)."""
-    sandbox_workers: Annotated[int | None, _computed("N")] = None
-    """Grader processes per run (default: cores // workers - 1, at least 1)."""
-    address: Annotated[str | None, _computed("ADDR")] = None
-    """Ray cluster to join (e.g. `auto` or `ray://head:10001`); default: start a local instance."""
-    cpus_per_run: Annotated[float | None, _computed("N")] = None
-    """Ray CPU request per run (default: cores // workers)."""
-    gpus_per_run: Annotated[float | None, _computed("N")] = None
-    """Ray GPU request per run (default: 1 when the cluster has GPUs, else 0)."""
+    runner: tyro.conf.OmitArgPrefixes[RunnerArgs] = dataclasses.field(default_factory=RunnerArgs)
+    """How the runs are run (the same flags as `study`)."""
     dry_run: bool = False
     """Write sweep.json and print the plan without running anything."""
 
@@ -299,18 +307,8 @@ class StudyArgs:
     """Questions to run and report (space- or comma-separated)."""
     holdout: Annotated[tuple[str, ...] | None, _computed("MODE [MODE ...]")] = None
     """Leave-one-mode-out: the modes to hold out (default: every mode of the config)."""
-    backend: Literal["local", "ray"] = "local"
-    """`local` (subprocess pool) or `ray` (tasks on a local instance or --address)."""
-    workers: Annotated[int | None, _computed("N")] = None
-    """Runs at once (default: one per GPU, else cores // 2)."""
-    sandbox_workers: Annotated[int | None, _computed("N")] = None
-    """Grader processes per run (default: cores // workers - 1, at least 1)."""
-    address: Annotated[str | None, _computed("ADDR")] = None
-    """Ray cluster to join; default: a local instance."""
-    cpus_per_run: Annotated[float | None, _computed("N")] = None
-    """Ray CPU request per run (default: cores // workers)."""
-    gpus_per_run: Annotated[float | None, _computed("N")] = None
-    """Ray GPU request per run (default: 1 when the cluster has GPUs, else 0)."""
+    runner: tyro.conf.OmitArgPrefixes[RunnerArgs] = dataclasses.field(default_factory=RunnerArgs)
+    """How the runs are run (the same flags as `sweep`)."""
     last: Annotated[int | None, _computed("N")] = None
     """Training numbers average the last N steps (default: the config's summary_last_n)."""
     threshold: float = 0.10

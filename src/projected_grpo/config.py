@@ -473,8 +473,60 @@ _SWEEP_ONLY = {"--arms": "--intervention ARM", "--interventions": "--interventio
                "--sources": "--vhack-source SOURCE"}
 
 
+def load_config_file(path: str) -> Config:
+    """The Config of a `config.json` written by the harness or the trainer (`{"config": {...}, ...}`, or a
+    bare object of fields); `resume` and `force` are actions of one invocation, so they are reset. A bad
+    file is a one-line ConfigError naming it."""
+    import os
+
+    p = os.path.expanduser(path)
+    try:
+        with open(p) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config {path}: malformed JSON at line {e.lineno}: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    fields = meta.get("config", meta) if isinstance(meta, dict) else meta
+    try:
+        cfg = config_from_dict(fields)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"--config {path}: {e}") from None
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"--config {path}: unknown preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
+    return dataclasses.replace(cfg, resume=False, force=False)
+
+
+def _take(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """(value of ``flag`` given as ``flag V`` or ``flag=V``, argv without it); ConfigError when V is missing."""
+    for i, a in enumerate(argv):
+        if a == flag:
+            if i + 1 == len(argv) or argv[i + 1].startswith("--"):
+                return "", argv
+            return argv[i + 1], argv[:i] + argv[i + 2:]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1], argv[:i] + argv[i + 1:]
+    return None, list(argv)
+
+
 def parse_config(argv: list[str], prog: str = "projected-grpo train") -> Config:
-    """``--preset NAME`` picks the defaults; every other flag overrides a field of it."""
+    """``--preset NAME`` picks the defaults, or ``--config RUN/config.json`` (a config written by the
+    harness: sweep and study launch every run so); every other flag overrides a field of it."""
+    path, rest = _take(list(argv), "--config")
+    if path is not None:
+        if not path:
+            raise ConfigError("--config needs a path: a config.json written by sweep, study or train")
+        if _take(rest, "--preset")[0] is not None:
+            raise ConfigError("--config and --preset: give one (the config names its own preset)")
+        base = load_config_file(path)
+        for a in rest:
+            single = _SWEEP_ONLY.get(a.split("=", 1)[0])
+            if single:
+                raise ConfigError(f"{a.split('=', 1)[0]} is sweep's (several runs); one train run takes {single}")
+        cfg = parse_args(Config, default=base, args=rest, prog=prog, description=train_description(base.preset))
+        return expand_user(dataclasses.replace(cfg, preset=base.preset))
     preset = "smoke"
     rest = list(argv)
     for i, a in enumerate(argv):
@@ -501,8 +553,9 @@ def parse_config(argv: list[str], prog: str = "projected-grpo train") -> Config:
 
 def train_description(preset: str) -> str:
     """`train --help`'s header: the defaults shown are preset ``preset``'s; what every preset is for."""
-    lines = [f"Train one GRPO run. Defaults below are preset `{preset}`'s; --preset NAME picks another, "
-             "and every flag overrides it. Presets:"]
+    lines = [f"Train one GRPO run. Defaults below are preset `{preset}`'s; --preset NAME picks another "
+             "(or --config RUN/config.json: a run's saved config, as sweep and study launch runs), and every "
+             "flag overrides it. Presets:"]
     lines += [f"  {name:6s} {PRESET_HELP[name]}" for name in PRESETS]
     return "\n".join(lines)
 

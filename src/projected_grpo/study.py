@@ -4,8 +4,8 @@
     projected-grpo study --preset smoke --seeds 0 1 --set steps=2 --set modes=run_tests,sentinel --only headline,lomo
 
 Five questions, each a set of configs × seeds (every run an ordinary `train` run dir under
-`<out>/runs/<arm>-s<seed>-<hash>`, made by sweep.py's machinery: subprocess per run, finished runs
-skipped, killed runs resumed). A config+seed that two questions share is run once:
+`<out>/runs/<arm>-s<seed>-<hash>`, planned by sweep.py's grid expansion and run by runner.py: one
+`train --config` subprocess per run, finished runs skipped, killed runs resumed). A config+seed that two questions share is run once:
 
 1. headline    vanilla (none) vs erase vs route.
 2. controls    erase and route with the random, label_permuted, matched_capture and nonhack bases (k matched
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
 import sys
 import time
@@ -39,7 +38,9 @@ from typing import Any
 from .config import PRESETS, ConfigError
 from . import stats
 from .report import Delta, MeanSE, Paired, Run, _fmt, _jsonable, evaluated, hack_solve, load_run, md_table, mean_se
-from .sweep import Grid, Job, Result, expand, parse_assignments, status_of
+from . import runner
+from .runner import Job
+from .sweep import Grid, expand, job_config, parse_assignments
 
 QUESTIONS = ("headline", "controls", "no_teacher", "lomo", "update")
 TITLES = {
@@ -131,9 +132,6 @@ class Plan:
 def make_plan(preset: str, seeds: tuple[int, ...], overrides: dict, out: str | Path,
               questions: tuple[str, ...] = QUESTIONS, holdout: tuple[str, ...] | None = None) -> Plan:
     """Every question's cells, their jobs (shared where configs are equal) and the eval-set check."""
-    from .config import parse_config
-    from .sweep import _flags
-
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     bad = [q for q in questions if q not in QUESTIONS]
@@ -143,10 +141,7 @@ def make_plan(preset: str, seeds: tuple[int, ...], overrides: dict, out: str | P
         raise ConfigError("a study needs at least one seed")
     if len(set(seeds)) < len(seeds):
         raise ConfigError(f"--seeds repeats a seed: {list(seeds)}")
-    flags = ["--preset", preset]
-    for k, v in overrides.items():
-        flags += _flags(k, v)
-    base = parse_config(flags).validate()
+    base = job_config(preset, overrides, "none")
     runs_dir = Path(out).absolute() / "runs"
     plan = Plan(preset, tuple(seeds), dict(overrides), Path(out), tuple(q for q in QUESTIONS if q in questions),
                 [], {}, tuple(base.modes), None)
@@ -223,38 +218,6 @@ def eval_mode_counts(cfg) -> dict[str, int] | None:
     for p in held:
         counts[p.mode] = counts.get(p.mode, 0) + 1
     return counts
-
-
-# ----------------------------------------------------------------------------- running
-def run_plan(plan: Plan, backend: str, workers: int | None, sandbox_workers: int | None, address: str | None,
-             cpus_per_run: float | None, gpus_per_run: float | None) -> list[Result]:
-    """The plan's unfinished runs through sweep.py's local or Ray backend; finished ones are skipped."""
-    from . import sweep as sw
-
-    jobs = list(plan.jobs.values())
-    gpus = sw.visible_gpus()
-    cpus = os.cpu_count() or 1
-    workers = workers if workers is not None else (len(gpus) if gpus else max(1, cpus // 2))
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    sandbox_workers = sandbox_workers if sandbox_workers is not None else max(1, cpus // workers - 1)
-    todo = [j for j in jobs if status_of(j) != "skip"]
-    skipped = [Result(j, "skipped") for j in jobs if status_of(j) == "skip"]
-    print(f"study {plan.out}: {len(jobs)} runs ({len(skipped)} finished, "
-          f"{sum(status_of(j) == 'resume' for j in todo)} to resume) on {backend}, {workers} at a time", flush=True)
-    if not todo:
-        return skipped
-    bar = sw._bar(len(jobs), len(skipped))
-    try:
-        if backend == "local":
-            ran = sw.run_local(todo, workers, sandbox_workers, gpus, bar)
-        else:
-            ran = sw.run_ray(todo, workers, sandbox_workers, address, float(cpus_per_run or max(1, cpus // workers)),
-                             gpus_per_run, bar)
-    finally:
-        bar.close()
-    order = {name: i for i, name in enumerate(plan.jobs)}
-    return sorted(skipped + ran, key=lambda r: order[r.job.name])
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -675,18 +638,11 @@ def render(plan: Plan, sections: list[Section], notes: list[str], command: str, 
         if c.question not in plan.questions:
             continue
         j = c.jobs[0]
-        mh = _match_hash(j)
         o.append(f"| {c.question} | {c.label} | {j.arm if j.source == 'real' else j.arm + '-' + j.source} | {j.hash} "
-                 f"| {mh} | `{json.dumps(c.extra, default=str)}` |")
+                 f"| {j.match_hash} | `{json.dumps(c.extra, default=str)}` |")
     if notes:
         o += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(o) + "\n"
-
-
-def _match_hash(job: Job) -> str:
-    from .config import parse_config
-
-    return parse_config(job.flags).match_hash()
 
 
 def to_json(plan: Plan, sections: list[Section], notes: list[str], command: str) -> dict:
@@ -758,8 +714,7 @@ def study(a, command: str) -> int:
     questions = tuple(q for item in a.only for q in item.split(",") if q)
     out = Path(a.out or f"runs/study-{a.preset}")
     plan = make_plan(a.preset, tuple(a.seeds), overrides, out, questions, tuple(a.holdout) if a.holdout else None)
-    if a.backend not in ("local", "ray"):
-        raise ConfigError(f"unknown backend {a.backend!r}; choose local or ray")
+    flags = runner.resolve(a.runner)
     if a.threshold < 0:
         raise ConfigError(f"--threshold must be >= 0, got {a.threshold}")
     last = a.last or int(overrides.get("summary_last_n", PRESETS[a.preset].summary_last_n))
@@ -778,17 +733,13 @@ def study(a, command: str) -> int:
           + ", ".join(f"{q} {n}" for q, n in counts.items()) + f"; {len(plan.jobs)} unique")
     for n in plan.notes:
         print(f"note: {n}")
+    jobs = list(plan.jobs.values())
+    print(runner.describe("study", plan.out, jobs, flags), flush=True)
     if a.dry_run:
         print(f"dry run: plan written to {out / 'plan.json'}")
         return 0
-    if a.backend == "ray":
-        from .sweep import import_ray
-
-        import_ray()
-    results = run_plan(plan, a.backend, a.workers, a.sandbox_workers, a.address, a.cpus_per_run, a.gpus_per_run)
-    from .sweep import status_table
-
-    print(status_table(results))
+    results = runner.run_jobs(jobs, flags, "study")
+    print(runner.status_table(results))
     sections, notes = build(plan, last, a.threshold)
     made = plots(plan, sections)
     (out / "study.md").write_text(render(plan, sections, notes, command, last, a.threshold, made))
