@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError
 from .env.pool import TeacherPool
-from .env.problems import load_problems
+from .env.problems import DATA_SEED, load_problems
 from .models import check_model
 from .tracking import check_tracker
 
@@ -21,7 +21,7 @@ def preflight(cfg: Config) -> None:
     cfg.validate()
     check_tracker(cfg.tracker)
     try:  # only the count matters here, and it does not depend on the split seed
-        problems = load_problems(cfg.dataset, seed=0, modes=cfg.modes, force_mode=cfg.force_mode,
+        problems = load_problems(cfg.dataset, seed=DATA_SEED, modes=cfg.modes, force_mode=cfg.force_mode,
                                  max_problems=cfg.max_problems)
     except (ValueError, OSError) as e:
         raise ConfigError(f"--dataset {cfg.dataset}: {e}") from None

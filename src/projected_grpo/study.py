@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PRESETS, ConfigError
+from .env.problems import DATA_SEED  # noqa: F401 (the trainer's split seed; a test pins it)
 from . import stats
 from .report import Delta, MeanSE, Paired, Run, _fmt, _jsonable, evaluated, hack_solve, load_run, md_table, mean_se
 from . import runner
@@ -53,7 +54,6 @@ TITLES = {
 }
 CONTROLS = ("random", "label_permuted", "matched_capture", "nonhack")
 _ABL = "(δS_hack ablated)"
-DATA_SEED = 0  # the trainer's problem-split seed (train.DATA_SEED; a test pins the two equal)
 SE_K = 2.0  # "by more than 2 SE"
 PRIMARY = "route (δS_hack ablated)"  # the headline row whose Δhack is the report's primary endpoint
 MOVED = 0.5  # "moved from the base": deployed KL to base ≥ this share of vanilla's
@@ -205,13 +205,11 @@ def make_plan(preset: str, seeds: tuple[int, ...], overrides: dict, out: str | P
 
 
 def eval_mode_counts(cfg) -> dict[str, int] | None:
-    """Eval problems per mode, split exactly as the trainer splits (load_problems, split_problems)."""
-    from .env.problems import load_problems, split_problems
+    """Eval problems per mode, split exactly as the trainer splits (env.problems.run_split)."""
+    from .env.problems import run_split
 
     try:
-        probs = load_problems(cfg.dataset, seed=DATA_SEED, modes=cfg.modes, force_mode=cfg.force_mode,
-                              max_problems=cfg.max_problems)
-        held = split_problems(probs, cfg.eval_problems)[0]
+        held = run_split(cfg.dataset, cfg.modes, cfg.force_mode, cfg.max_problems, cfg.eval_problems)[0]
     except Exception:  # an unreachable hub dataset: the report checks the runs' own eval keys instead
         return None
     counts = {m: 0 for m in cfg.modes}

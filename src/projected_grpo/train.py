@@ -35,7 +35,7 @@ from .cachekey import teacher_pool_key
 from .config import Config, ConfigError, config_from_dict
 from .env.grader import GraderPool, extract_code
 from .env.pool import TeacherPool, build_teacher_pool, make_pairs
-from .env.problems import Problem, load_problems, split_problems
+from .env.problems import DATA_SEED, Problem, run_split  # noqa: F401 (DATA_SEED: train.DATA_SEED stays importable)
 from .env.prompts import render_prompt
 from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs
 from .hack_subspace import HackBasis, extract_basis, fit_capture
@@ -46,7 +46,6 @@ from .projection import Projector, UpdateProjector
 from .rollout import generate
 from .tracking import make_tracker
 
-DATA_SEED = 0
 TIMING_KEYS = ("step_time_s", "gen_time_s", "grade_time_s", "tokens_per_s")
 
 
@@ -293,9 +292,8 @@ def setup(cfg: Config, device, dtype, progress: Progress | None = None) -> Setup
     if cfg.teacher_pool is not None and cfg.teacher_per_group > 0 and not Path(cfg.teacher_pool).exists():
         raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: no such file")  # before the slow model load
     try:
-        problems = load_problems(cfg.dataset, seed=DATA_SEED, modes=cfg.modes, force_mode=cfg.force_mode,
-                                 max_problems=cfg.max_problems)
-        eval_problems, train_problems = split_problems(problems, cfg.eval_problems)  # synth: its held-out split
+        eval_problems, train_problems = run_split(cfg.dataset, cfg.modes, cfg.force_mode, cfg.max_problems,
+                                                  cfg.eval_problems)  # synth: its held-out split
     except (ValueError, OSError) as e:
         raise ConfigError(f"--dataset {cfg.dataset}: {e}") from e
     if cfg.amp and torch.device(device).type == "cpu" and not _cpu_has_bf16():

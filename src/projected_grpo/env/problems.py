@@ -9,7 +9,8 @@ excluded, and the counts are logged (`LAST_LOAD_STATS`).
 
 Which problems evaluation uses is decided in one place, `split_problems`: a dataset with a fixed
 split (`synth`, env/synth.py) evaluates on its held-out split; any other dataset holds out the first
-`n_eval` problems of its seeded shuffle.
+`n_eval` problems of its seeded shuffle. The shuffle's seed is `DATA_SEED`, one for every command and
+every run seed; `run_split` is that load + split, as train, the study's plan and the TRL rows do it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import NamedTuple
 from . import loopholes
 
 log = logging.getLogger(__name__)
+DATA_SEED = 0  # the problem shuffle and mode partition of every command: run seeds vary sampling, never the split
 
 # Counts from the most recent load_problems call: {"source", "loaded", "kept", "excluded", "reasons"}.
 LAST_LOAD_STATS: dict = {}
@@ -500,3 +502,13 @@ def split_problems(problems: list[Problem], n_eval: int) -> tuple[list[Problem],
     if len(problems) <= n_eval:
         raise ValueError(f"has {len(problems)} problems; need more than --eval-problems {n_eval}")
     return problems[:n_eval], problems[n_eval:]
+
+
+def run_split(dataset: str, modes: tuple[str, ...] | None = None, force_mode: str | None = None,
+              max_problems: int | None = None, eval_problems: int = 0, seed: int = DATA_SEED
+              ) -> tuple[list[Problem], list[Problem]]:
+    """(evaluation problems, training problems) of a run with these data fields: `load_problems` with the
+    data seed, then `split_problems`. Raises ValueError (as both do) when the dataset cannot give them."""
+    problems = load_problems(dataset, seed=seed, modes=None if modes is None else tuple(modes), force_mode=force_mode,
+                             max_problems=max_problems)
+    return split_problems(problems, eval_problems)

@@ -24,10 +24,8 @@ from collections import OrderedDict
 
 from . import loopholes
 from .grader import GraderPool, Reward
-from .problems import Problem, load_problems, split_problems
+from .problems import DATA_SEED, Problem, load_problems, run_split
 from .prompts import build_messages, render_prompt, thinking_kwargs
-
-DATA_SEED = 0  # train.DATA_SEED: the harness's problem split and mode partition
 
 __all__ = ["RewardFunction", "OracleReward", "to_hf_rows", "completion_text", "thinking_kwargs"]
 
@@ -67,8 +65,7 @@ def to_hf_rows(dataset: str, modes: tuple[str, ...] | None = None, hint: bool = 
     one it is the text of `render_prompt`, thinking switch included, exactly what the harness trains on."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    problems = load_problems(dataset, seed=seed, modes=None if modes is None else tuple(modes), force_mode=force_mode, max_problems=max_problems)
-    held, train = split_problems(problems, eval_problems)
+    held, train = run_split(dataset, modes, force_mode, max_problems, eval_problems, seed=seed)
     rows = []
     for p in (train if split == "train" else held):
         prompt = build_messages(p, hint) if tokenizer is None else render_prompt(tokenizer, p, hint, enable_thinking)
