@@ -123,3 +123,24 @@ def test_readme_explains_every_preset():
     for name in PRESETS:
         assert f"| `{name}` |" in section, name
     assert "random-weight" in section and "rate is 0" in section and "n/a" in section  # smoke: plumbing only
+
+
+def test_train_config_file_then_flags_override(tmp_path):
+    """`train --config RUN/config.json` (how sweep and study launch runs): the saved config is the base, every
+    other flag overrides it, resume/force are per invocation; the run's identity is the saved one's."""
+    import json
+
+    saved = dataclasses.replace(parse_config(["--preset", "demo", "--steps", "3", "--modes", "run_tests,sentinel"]),
+                                resume=True, run_dir=str(tmp_path / "run"))
+    f = tmp_path / "config.json"
+    f.write_text(json.dumps({"config": saved.to_dict(), "hash": saved.hash()}))
+    cfg = parse_config(["--config", str(f)])
+    assert cfg.hash() == saved.hash() and cfg.preset == "demo" and cfg.run_dir == saved.run_dir
+    assert cfg.resume is False and cfg.modes == ("run_tests", "sentinel")
+    over = parse_config(["--config", str(f), "--lr", "0.2", "--run-dir", str(tmp_path / "other")])
+    assert over.lr == 0.2 and over.steps == 3 and over.model == "smollm2" and over.run_dir == str(tmp_path / "other")
+    assert over.hash() == dataclasses.replace(saved, lr=0.2).hash()
+    f.write_text(json.dumps(saved.to_dict()))  # a bare object of fields reads the same
+    assert parse_config([f"--config={f}"]).hash() == saved.hash()
+    with pytest.raises(ConfigError, match="--seeds is sweep's"):
+        parse_config(["--config", str(f), "--seeds", "0"])

@@ -158,6 +158,15 @@ CASES = [
     ("results-not-a-run", ["results", "{t}"], None, ["{t}", "run"]),
     ("study-unknown-question", ["study", "--preset", "smoke", "--out", "{t}/study", "--only", "bogus", "--dry-run"],
      None, ["bogus", "headline"]),
+    ("config-missing", ["train", "--config", "{t}/none.json"], None, ["--config", "none.json", "no such file"]),
+    ("config-malformed", ["train", "--config", "{t}/c.json"], lambda t: (t / "c.json").write_text('{"config": {'),
+     ["--config", "c.json", "malformed JSON at line 1"]),
+    ("config-wrong-type", ["train", "--config", "{t}/c.json"],
+     lambda t: (t / "c.json").write_text(json.dumps({"config": {"steps": "many"}})), ["c.json", "'steps' must be int"]),
+    ("config-unknown-key", ["train", "--config", "{t}/c.json"],
+     lambda t: (t / "c.json").write_text(json.dumps({"config": {"stepz": 3}})), ["c.json", "unknown config keys"]),
+    ("config-and-preset", ["train", "--config", "{t}/c.json", "--preset", "demo"],
+     lambda t: (t / "c.json").write_text(json.dumps({"config": {}})), ["--config and --preset", "give one"]),
 ]
 
 

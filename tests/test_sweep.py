@@ -196,6 +196,34 @@ def test_toml_grid_dry_run(tmp_path, capsys):
     assert not any(p.is_dir() for p in out.iterdir())  # nothing ran
 
 
+def test_plan_time_config_is_what_train_reads(tmp_path):
+    """Each job's Config is built once; the runner writes it to RUN_DIR/config.json before any run starts
+    (a planned run still counts as fresh) and `train --config` reads back the same config."""
+    from projected_grpo import runner
+    from projected_grpo.config import load_config_file, parse_config
+    from projected_grpo.sweep import Grid, expand
+
+    g = Grid(arms=("none", "baseline"), seeds=(0, 2), overrides={"steps": "3", "lr": 1, "modes": "run_tests,sentinel"})
+    jobs = expand(g, tmp_path / "sw")
+    assert [j.name.split("-s")[0] for j in jobs] == ["none", "none", "baseline", "baseline"]
+    for j in jobs:
+        # the same config train would build from flags
+        flags = ["--steps", "3", "--lr", "1", "--modes", "run_tests", "sentinel", "--seed", str(j.seed),
+                 *(["--grader", "strict"] if j.arm == "baseline" else [])]
+        assert j.config == parse_config([*flags, "--run-dir", j.run_dir]) and j.hash == j.config.hash()
+        assert runner.status_of(j) == "fresh"
+        runner.write_config(j)
+        meta = json.loads((Path(j.run_dir) / "config.json").read_text())
+        assert (meta["hash"], meta["match_hash"], meta["arm"]) == (j.hash, j.match_hash, j.config.arm)
+        assert runner.status_of(j) == "fresh" and load_config_file(str(Path(j.run_dir) / "config.json")) == j.config
+        argv = runner.train_argv(j, 1, resume=False)
+        assert argv[3:6] == ["train", "--config", str(Path(j.run_dir) / "config.json")] and "--resume" not in argv
+    (Path(jobs[0].run_dir) / "metrics.jsonl").write_text('{"step": 1}\n')  # started, no summary: resumed
+    assert runner.status_of(jobs[0]) == "resume"
+    (Path(jobs[0].run_dir) / "summary.json").write_text("{}")
+    assert runner.status_of(jobs[0]) == "skip"
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--set", "no_such_field=1"], "unknown config field 'no_such_field'"),
     (["--set", "steps"], "expected KEY=VALUE"),
