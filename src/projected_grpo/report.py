@@ -719,32 +719,34 @@ def dynamics_figure(run_dirs: Sequence[str | Path], band: Literal["se", "minmax"
 def results_cli(run_dirs: Sequence[str], last: int = 5, fmt: Fmt = "md", out: str | None = None,
                 matched_threshold: float = 0.10, include_incomplete: bool = False) -> int:
     """`projected-grpo results`: print (or write) the tables; user errors → one line on stderr, exit 2."""
-    try:
+    def go() -> str | None:
         text = results(run_dirs, last, fmt, matched_threshold, include_incomplete)
-        if out:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(text)
-            print(f"wrote {out}", file=sys.stderr)
-        else:
+        if not out:
             sys.stdout.write(text)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: cannot write {out}: {e.strerror}", file=sys.stderr)
-        return 2
-    return 0
+            return None
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        return f"wrote {out}"
+
+    return _one_line_errors(go, out)
 
 
 def plot_cli(run_dirs: Sequence[str], out: str, band: Literal["se", "minmax"] = "se", smooth: int = 1) -> int:
     """`projected-grpo plot`: write the dynamics PNG; user errors → one line on stderr, exit 2."""
+    return _one_line_errors(lambda: f"wrote {plot(run_dirs, out, band=band, smooth=smooth)}", out)
+
+
+def _one_line_errors(go: Callable[[], str | None], out: str | None) -> int:
+    """Run `go` (it returns what to say on stderr); a ReportError or an unwritable `out` is one line, exit 2
+    (sweep and demo call these too, so they return a code instead of raising)."""
     try:
-        path = plot(run_dirs, out, band=band, smooth=smooth)
+        said = go()
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: cannot write {out}: {e.strerror}", file=sys.stderr)
         return 2
-    print(f"wrote {path}", file=sys.stderr)
+    if said:
+        print(said, file=sys.stderr)
     return 0
