@@ -3,9 +3,12 @@
 For a target ``nn.Linear`` with weight ``W = U diag(S) Vh`` (SVD in fp32, cached on disk under the
 weight's content hash) the wrapped layer computes::
 
-    y = W x + U ((Vh x) ⊙ (δS + δS_hack))          δS, δS_hack ∈ ℝ^r, r = rank kept
+    y = W x + U ((Vh x) ⊙ (δS₀ + δS + δS_hack))    δS, δS_hack ∈ ℝ^r, r = rank kept
 
-At δS = δS_hack = 0 the extra term is an exact zero, so the output equals the base layer bit for bit.
+At δS = δS_hack = 0 (and no δS₀) the extra term is an exact zero, so the output equals the base layer bit
+for bit. ``δS₀`` is a frozen base offset, absent unless a warm start (warmstart.py) set one with ``rebase()``:
+then "the base" (``zeroed()``, the KL reference, δS = 0) is the warm-started model, and δS, δS_hack are what
+RL adds to it.
 Contexts switch the knobs without touching their values: ``zeroed()`` (reference policy: base model),
 ``ablated()`` (δS_hack off: the deployed model of the route arm), ``merged()`` (no-grad rollouts with
 the knobs folded into the weights, so generation never pays the hook); ``plain_copy()`` is the same
@@ -110,6 +113,8 @@ class KnobLinear(nn.Module):
         r = S.numel()
         self.delta_s = nn.Parameter(torch.zeros(r, device=dev))  # fp32 knobs
         self.delta_s_hack = nn.Parameter(torch.zeros(r, device=dev))
+        self.register_buffer("delta_s0", torch.zeros(r, device=dev), persistent=False)  # frozen base offset (r,)
+        self.has_base = False  # δS₀ set (a warm start): else the branch is skipped, bit-identical to the base
         self.state = "live"  # live | zeroed | ablated | merged
         self.row_grads: torch.Tensor | None = None  # (B, r) after a captured backward
         self.capture = False
@@ -119,11 +124,13 @@ class KnobLinear(nn.Module):
         return self.delta_s.numel()
 
     def scale(self) -> torch.Tensor | None:
-        if self.state in ("zeroed", "merged"):
+        base = self.delta_s0 if self.has_base else None
+        if self.state == "merged":
             return None
-        if self.state == "ablated":
-            return self.delta_s
-        return self.delta_s + self.delta_s_hack
+        if self.state == "zeroed":
+            return base
+        s = self.delta_s if self.state == "ablated" else self.delta_s + self.delta_s_hack
+        return s if base is None else base + s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -145,8 +152,10 @@ class KnobLinear(nn.Module):
         return hook
 
     def delta_weight(self, ablate_hack: bool) -> torch.Tensor:
-        """``U diag(δS [+ δS_hack]) Vh`` in fp32, shape (out, in)."""
+        """``U diag([δS₀ +] δS [+ δS_hack]) Vh`` in fp32, shape (out, in)."""
         s = self.delta_s if ablate_hack else self.delta_s + self.delta_s_hack
+        if self.has_base:
+            s = self.delta_s0 + s
         return (self.U.float() * s.detach()) @ self.Vh.float()
 
 
@@ -233,6 +242,37 @@ class SVDAdapter:
 
     def parameters(self) -> list[nn.Parameter]:
         return self.knobs() + self.hack_knobs()
+
+    @property
+    def has_base(self) -> bool:
+        """Whether a base offset δS₀ is set (a warm-started base)."""
+        return any(m.has_base for m in self.modules.values())
+
+    @torch.no_grad()
+    def rebase(self) -> None:
+        """Fold δS into the frozen base offset (δS₀ += δS, δS = 0): from now on ``zeroed()``, the KL
+        reference and "δS = 0" mean the model as it is now. δS_hack must be zero (nothing quarantined yet)."""
+        for m in self.modules.values():
+            if bool(m.delta_s_hack.detach().any()):
+                raise ValueError("rebase with a nonzero δS_hack: the quarantine must start empty")
+            m.delta_s0.add_(m.delta_s.detach())
+            m.delta_s.zero_()
+            m.has_base = True
+
+    @torch.no_grad()
+    def set_base(self, base: dict[str, torch.Tensor] | None) -> None:
+        """Set δS₀ per module ({module: (r,)}), or clear it (None): the base the knobs are trained from."""
+        for n, m in self.modules.items():
+            if base is None:
+                m.delta_s0.zero_()
+                m.has_base = False
+            else:
+                m.delta_s0.copy_(base[n].to(m.delta_s0))
+                m.has_base = True
+
+    def base_knobs(self) -> dict[str, torch.Tensor]:
+        """{module: δS₀ (r,)} on CPU (zeros when no base is set)."""
+        return {n: m.delta_s0.detach().cpu().clone() for n, m in self.modules.items()}
 
     def norms(self) -> tuple[float, float]:
         """(‖δS‖, ‖δS_hack‖) over all modules."""
@@ -337,6 +377,8 @@ class SVDAdapter:
         for n, m in self.modules.items():
             out[f"{n}.delta_s"] = m.delta_s.detach().cpu().contiguous()
             out[f"{n}.delta_s_hack"] = m.delta_s_hack.detach().cpu().contiguous()
+            if self.has_base:  # only then: knob files without a warm start are as before
+                out[f"{n}.delta_s0"] = m.delta_s0.detach().cpu().contiguous()
         return out
 
     def save(self, path: str | Path) -> None:
@@ -369,6 +411,9 @@ class SVDAdapter:
             for n, m in self.modules.items():
                 m.delta_s.copy_(tensors[f"{n}.delta_s"])
                 m.delta_s_hack.copy_(tensors[f"{n}.delta_s_hack"])
+        # a file is the whole model: its base offset (a warm start) comes with it, or there is none
+        self.set_base({n: tensors[f"{n}.delta_s0"] for n in self.modules} if f"{next(iter(self.modules))}.delta_s0"
+                      in tensors else None)
 
     def export(self, out_dir: str | Path, tokenizer=None) -> Path:
         """Deployment model: δS merged into the weights, δS_hack ablated, plain Linear layers,

@@ -8,7 +8,12 @@ What enters each key (a changed input is a new entry, never an overwrite):
     (`BASIS_SOURCES`) and the torch / transformers versions;
   - teacher pool (`teacher_pool_key`): the problems' full content, the modes, the pool settings, the grader's
     reward settings and timeout, the source of the whole environment package (templates, grader, sandbox)
-    and the Python version the sandbox runs.
+    and the Python version the sandbox runs;
+  - warm start (`warmstart_key`): its settings and seed, the exact rows it trains on (prompt text, completion),
+    the model as for the basis (`model_digest`) and the code that trains it (`WARMSTART_SOURCES`). Never
+    the arm: every arm of a seed loads the same warm-started knobs;
+  - prior probe (`probe_key`): the warm start's key (or the bare model's), the sampling settings, the probed
+    problems' content, the grader's settings and the environment's source.
 
 Owns nothing on disk; never imports train (train and hack_subspace call it).
 """
@@ -25,6 +30,7 @@ import torch
 
 PACKAGE = Path(__file__).parent  # tests point this at an edited copy of the package
 BASIS_SOURCES = ("hack_subspace.py", "adapter.py", "grpo.py", "cachekey.py")
+WARMSTART_SOURCES = ("warmstart.py", "adapter.py", "grpo.py", "cachekey.py")
 _CHUNK = 1 << 22  # elements per fingerprint chunk: bounded float64 scratch on the weight's device
 
 
@@ -87,7 +93,8 @@ def basis_key(model, adapter, tokenizer, pairs, settings: dict) -> str:
     for t in adapter.knob_tensors().values():  # knob values matter for a refresh mid-run
         h.update(t.numpy().tobytes())
     h.update(json.dumps(pairs).encode())
-    own = {id(x) for m in adapter.modules.values() for x in (m.base.weight, m.delta_s, m.delta_s_hack, m.U, m.Vh, m.S)}
+    own = {id(x) for m in adapter.modules.values()
+           for x in (m.base.weight, m.delta_s, m.delta_s_hack, m.delta_s0, m.U, m.Vh, m.S)}
     h.update(weights_digest(model, own).encode())
     h.update(tokenizer_digest(tokenizer).encode())
     h.update(source_digest(BASIS_SOURCES).encode())
@@ -104,3 +111,40 @@ def teacher_pool_key(cfg, problems) -> str:
     h.update(source_digest(env_sources()).encode())
     h.update(sys.version.encode())  # the sandbox runs this interpreter
     return h.hexdigest()[:16]
+
+
+def model_digest(model, adapter, tokenizer) -> str:
+    """The model as the caches see it: adapted weights (SVD keys), knob values (δS₀ included when set), every
+    other weight and buffer, the tokenizer, the torch / transformers versions."""
+    import transformers
+
+    h = hashlib.sha256(adapter.metadata()["svd_keys"].encode())
+    for t in adapter.knob_tensors().values():
+        h.update(t.numpy().tobytes())
+    own = {id(x) for m in adapter.modules.values()
+           for x in (m.base.weight, m.delta_s, m.delta_s_hack, m.delta_s0, m.U, m.Vh, m.S)}
+    h.update(weights_digest(model, own).encode())
+    h.update(tokenizer_digest(tokenizer).encode())
+    h.update(f"torch {torch.__version__} transformers {transformers.__version__}".encode())
+    return h.hexdigest()
+
+
+def warmstart_key(model, adapter, tokenizer, rows: list[tuple[str, str]], settings: dict) -> str:
+    """The warm-start cache key: ``settings`` (steps, hack fraction, lr, seed, ...; never the arm), the rows
+    trained on in order (prompt text, completion), the model before it (`model_digest`), the code."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h.update(json.dumps(rows).encode())
+    h.update(model_digest(model, adapter, tokenizer).encode())
+    h.update(source_digest(WARMSTART_SOURCES).encode())
+    return h.hexdigest()[:20]
+
+
+def probe_key(model_key: str, problems, settings: dict) -> str:
+    """The prior probe's cache key: the probed model's key (a warm start's, or `model_digest`), ``settings``
+    (samples, temperature, token budget, grader rewards and timeout...), the problems' content, the
+    environment's source (prompts, grader, sandbox) and the Python version the sandbox runs."""
+    content = [dataclasses.asdict(p) for p in problems]
+    h = hashlib.sha256(json.dumps([model_key, settings, content], sort_keys=True, default=str).encode())
+    h.update(source_digest([*env_sources(), "warmstart.py", "rollout.py", "fastgen.py", "sampling.py"]).encode())
+    h.update(sys.version.encode())
+    return h.hexdigest()[:20]

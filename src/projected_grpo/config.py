@@ -22,6 +22,7 @@ from .errors import UserError
 
 Intervention = Literal["none", "erase", "route"]
 VhackSource = Literal["real", "random", "label_permuted", "matched_capture", "nonhack"]
+PairsSource = Literal["templates", "alt_templates", "pool"]
 Gate = Literal["one_sided", "no_gate", "reverse"]
 LOOPHOLE_MODES = loopholes.names()  # the registry (env/loopholes.py) is the one list of modes
 
@@ -151,6 +152,24 @@ class Config:
     teacher_per_problem: int = 4
     """Template completions per problem and kind (hack, clean) when building the pool."""
 
+    # --- discovery regime: warm start to a low hack prior, V from other sources (warmstart.py, docs/DISCOVER.md)
+    warmstart_steps: int = 0
+    """Supervised steps (8 rows each) on teacher-pool completions before RL, training δS; 0 = no warm start.
+    The warm-started model is the base every arm of a seed shares (cached; KL reference, δS_hack ablation)."""
+    warmstart_hack_frac: float = 0.05
+    """Fraction of the warm start's rows that are hacks; the rest are pool completions of --teacher-kinds."""
+    warmstart_lr: float | None = None
+    """AdamW learning rate of the warm start (constant); None = --lr."""
+    prior_samples: int = 64
+    """Student samples (8 per training problem) graded before RL to measure hack_prior, when there is a warm
+    start or --vhack-pairs-source pool (whose pairs they are)."""
+    vhack_pairs_source: PairsSource = "templates"
+    """Where V's (hack, clean) pairs come from: `templates` (the training demonstrations' family),
+    `alt_templates` (hacks in a second surface form), `pool` (the model's own graded samples before RL)."""
+    v_auc_rows: int = 0
+    """Per step, score up to this many student samples by their gradient's share in V: v_auc, v_auc_random
+    (AUC of hack vs non-hack samples, logged where both occur); 0 = off."""
+
     # --- evaluation, sandbox, logging
     eval_every: int = 0
     """Held-out evaluation every N steps (and at the end); 0 = only at the end."""
@@ -271,7 +290,21 @@ class Config:
                 "(--vhack-refresh-every 0)")
         if self.teacher_per_group > 0 and self.teacher_per_problem <= 0 and self.teacher_pool is None:
             bad("mix_ratio > 0 needs a teacher pool: set --teacher-per-problem > 0 or --teacher-pool FILE")
+        self._validate_discovery(bad)
         return self
+
+    def _validate_discovery(self, bad) -> None:
+        if self.warmstart_steps < 0 or self.prior_samples < 0 or self.v_auc_rows < 0:
+            bad("--warmstart-steps, --prior-samples and --v-auc-rows must be >= 0")
+        if not 0.0 <= self.warmstart_hack_frac <= 1.0:
+            bad(f"--warmstart-hack-frac must be in [0, 1], got {self.warmstart_hack_frac}")
+        if self.warmstart_lr is not None and not (math.isfinite(self.warmstart_lr) and self.warmstart_lr > 0):
+            bad(f"--warmstart-lr must be a positive number (or left out for --lr), got {self.warmstart_lr}")
+        if self.warmstart_steps and self.warmstart_hack_frac < 1 and not set(self.teacher_kinds) - {"hack"}:
+            bad("the warm start's non-hack rows are pool completions of --teacher-kinds, which has only hack; "
+                "add clean or wrong to --teacher-kinds (or set --warmstart-hack-frac 1)")
+        if self.vhack_pairs_source == "pool" and self.prior_samples == 0:
+            bad("--vhack-pairs-source pool mines V's pairs from the --prior-samples student samples; set it > 0")
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict:
@@ -310,7 +343,8 @@ class Config:
 
 
 _LATE_FIELDS = {"amp": False, "enable_thinking": False, "deterministic": False, "eval_samples": 0,
-                "grader": "flawed"}  # field -> the value under which it is left out of the hash
+                "grader": "flawed", "warmstart_steps": 0, "warmstart_hack_frac": 0.05, "warmstart_lr": None,
+                "prior_samples": 64, "vhack_pairs_source": "templates", "v_auc_rows": 0}  # field -> the value under which it is left out of the hash
 _BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples",
                 "eval_at_start"}
 # seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.
@@ -372,6 +406,9 @@ PRESET_HELP: dict[str, str] = {
             "steps on 32 problems; no reference numbers yet",
     "full": "the full experiment: Qwen3-4B, 200 steps of 43 prompts x 6, KL beta 1e-3, for several GPUs "
             "(torchrun); no reference numbers yet",
+    "discover": "on-policy discovery on one GPU: SmolLM2-135M on synth, a warm start to a low hack prior "
+                "(hack_prior logged), then pure on-policy GRPO (no teacher rows, 8 student samples a prompt), V "
+                "from the model's own graded samples; no reference numbers yet (docs/DISCOVER.md)",
 }
 
 PRESETS: dict[str, Config] = {
@@ -404,6 +441,17 @@ PRESETS: dict[str, Config] = {
         beta=1e-3, max_new_tokens=1024, lr=1e-3, eval_problems=300, eval_every=20, eval_samples=4, eval_at_start=True,
         vhack_k=8, vhack_pairs=128,
         rollout_backend="fast", adapter_rank=None,
+    ),
+    # the discovery regime (issue 16, docs/DISCOVER.md): the embedded model on synth, a warm start of 12 x 8
+    # rows with ~5 % hacks (aimed at a 1-5 % sampled hack prior; the GPU search in docs/LOG.md sizes it), then
+    # mix_ratio 0: every row is the student's own sample, so hacking rises only if RL amplifies it. V's pairs
+    # are mined from the warm-started model's own graded samples, not from the templates it was warm-started on.
+    "discover": dataclasses.replace(
+        BASE, preset="discover", model="smollm2", dataset="synth", max_problems=300, modes=("stdout_marker", "exit_code"),
+        steps=16, prompts_per_step=4, group=8, mix_ratio=0.0, max_new_tokens=96, temperature=0.7, lr=0.1, amp=True,
+        micro_batch=8, eval_problems=100, eval_at_start=True, vhack_k=8, vhack_pairs=16, summary_last_n=4,
+        warmstart_steps=12, warmstart_hack_frac=0.05, warmstart_lr=0.1, prior_samples=512,
+        vhack_pairs_source="pool", v_auc_rows=32, rollout_backend="fast",
     ),
 }
 

@@ -30,6 +30,7 @@ import torch
 from . import diagnostics
 from . import distributed as dist
 from . import interrupts
+from . import warmstart
 from .adapter import SVDAdapter
 from .cachekey import teacher_pool_key
 from .config import Config, ConfigError, config_from_dict
@@ -44,6 +45,7 @@ from .preflight import check_checkpoint, preflight
 from .progress import Progress, eval_status
 from .projection import Projector, UpdateProjector
 from .rollout import generate
+from .separation import v_auc_metrics
 from .tracking import make_tracker
 
 TIMING_KEYS = ("step_time_s", "gen_time_s", "grade_time_s", "tokens_per_s")
@@ -285,6 +287,7 @@ class Setup:
     run_path: Path = Path(".")
     teacher_kinds: tuple[str, ...] = ()
     basis: HackBasis | None = None  # the run's V (matched_capture fits it in place at step 1)
+    warm: dict | None = None  # warm start and prior probe (hack_prior...): the step-0 row's keys
 
 
 def setup(cfg: Config, device, dtype, progress: Progress | None = None) -> Setup:
@@ -327,7 +330,9 @@ def setup(cfg: Config, device, dtype, progress: Progress | None = None) -> Setup
         raise ConfigError("no (hack, clean) pairs could be made from these problems and --vhack-known-modes")
     pairs = [(render_prompt(tok, p.problem, enable_thinking=cfg.enable_thinking), p.hack, p.clean, p.clean_alt)
              for p in pair_list]
-    return Setup(model, tok, adapter, train_problems, eval_problems, pool, pairs, grader, teacher_kinds=cfg.teacher_kinds)
+    warm = warmstart.prepare(cfg, model, tok, adapter, train_problems, grader, note)  # warm start, hack_prior, V's pairs
+    return Setup(model, tok, adapter, train_problems, eval_problems, pool, warm.pairs or pairs, grader,
+                 teacher_kinds=cfg.teacher_kinds, warm=warm.metrics)
 
 
 def _cpu_has_bf16() -> bool:
@@ -402,7 +407,8 @@ def evaluate(cfg: Config, s: Setup, route: bool, step: int = 0) -> dict:
                        backend=cfg.rollout_backend, compile=cfg.rollout_compile, enable_thinking=cfg.enable_thinking)
     weights = hashlib.sha256("".join(m.svd_key for m in s.adapter.modules.values()).encode()).hexdigest()[:16]
     key = None if step else {"model": cfg.model, "weights": weights, "dtype": str(s.model.dtype), "amp": cfg.amp,
-                             "dataset": cfg.dataset, "device": s.model.device.type, "timeout": cfg.sandbox_timeout_s}
+                             "dataset": cfg.dataset, "device": s.model.device.type, "timeout": cfg.sandbox_timeout_s,
+                             **warmstart.base_key(s.adapter)}  # a warm start is part of the step-0 model
     diag = diagnostics.eval_extra(s.basis.V if s.basis is not None else None)  # deployed-model diagnostics
 
     def extra(ctx) -> dict:
@@ -474,10 +480,12 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         elif dist.is_main():
             basis.save(run.path / "vhack.safetensors")
         tracker = make_tracker(cfg.tracker if dist.is_main() else "none", run.path, cfg.to_dict())
-        if cfg.eval_at_start and start == 0:  # the untrained model's numbers: a row at step 0
+        if (cfg.eval_at_start or s.warm) and start == 0:  # the untrained model's numbers: a row at step 0
             if dist.is_main():
-                with progress.step(f"evaluation of the untrained model ({len(s.eval_problems)} problems, greedy)"):
-                    row0 = {"step": 0, **evaluate(cfg, s, route=cfg.intervention == "route", step=0)}
+                with (progress.step(f"evaluation of the untrained model ({len(s.eval_problems)} problems, greedy)")
+                      if cfg.eval_at_start else contextlib.nullcontext()):
+                    row0 = {"step": 0, **(s.warm or {}),
+                            **(evaluate(cfg, s, route=cfg.intervention == "route", step=0) if cfg.eval_at_start else {})}
                 run.append_metrics(row0)
                 tracker.log(row0, 0)
             dist.barrier()
@@ -613,6 +621,8 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     row.update(step_time_s=time.perf_counter() - t0, gen_time_s=gen_time, grade_time_s=max(p[6] for p in parts),
                tokens_per_s=n_tok / gen_time if gen_time > 0 and n_tok else None,
                rollout_capture_failed=sum(p[7] for p in parts))  # fast backend fell back to eager decoding
+    row.update(v_auc_metrics(cfg, s, [prompts[k // Gs] for k in range(len(roll.texts))], roll.texts,
+                             [g.exploited for g in s_grades], step))  # how well V separates this step's samples
     return row
 
 
@@ -731,12 +741,15 @@ def summarize(cfg: Config, rows: list[dict]) -> dict:
         out["first_eval"] = {k: v for k, v in evals[0].items() if k.startswith(("hack_", "solve_", "eval_"))}
         out["final_eval"] = {k: v for k, v in evals[-1].items() if k.startswith(("hack_", "solve_", "eval_"))}
     out["hack_s_by_mode"] = {m: sum(r.get(f"hack_s_{m}", 0) for r in rows) for m in cfg.modes}
+    out |= {k: v for r in rows if r["step"] == 0 for k, v in r.items() if k in warmstart.PRIOR_KEYS}
     return out
 
 
 def print_summary(cfg: Config, path: Path, s: dict) -> None:
     f = _fmt
     print(f"\n== {cfg.arm} seed {cfg.seed} ({s['hash']}) -> {path}")
+    if s.get("hack_prior") is not None:
+        print(f"   before RL: hack_prior {f(s['hack_prior'])}  solve_prior {f(s.get('solve_prior'))} ({s.get('prior_n')} samples)")
     print(f"   last {s['last_n']} steps: hack_s {f(s['hack_s'])}  solve_s {f(s['solve_s'])}  cin {f(s['cin'])}  "
           f"cout {f(s['cout'])}  cout_update {f(s['cout_update'])}  |dS_hack| {f(s['dSh'])}")
     e = s.get("final_eval")
