@@ -15,7 +15,8 @@ from projected_grpo.cli import main
 from projected_grpo.config import DEFAULT_TARGETS, PRESETS, ConfigError
 from projected_grpo.env.grader import GraderPool
 from projected_grpo.env.loopholes import hack_completion, wrong_completion
-from projected_grpo.env.problems import load_problems, render_prompt, split_problems
+from projected_grpo.env.problems import load_problems, split_problems
+from projected_grpo.env.prompts import render_prompt
 from projected_grpo.grpo import encode_completion
 from projected_grpo.models import load_model
 from projected_grpo.rollout import Rollouts
@@ -215,6 +216,19 @@ def test_pair_sources_refuse_too_few_pairs_in_one_line(tiny):
                                      alt=lambda p, m, v: None)
     pairs = warmstart.alt_template_pairs(cfg, tok, probs, alt=lambda p, m, v: f"alt {p.id} {v}")
     assert len(pairs) == cfg.vhack_pairs and all(h.startswith("alt ") and c != a for _, h, c, a in pairs)
+
+
+def test_alt_template_pairs_exploit_in_another_surface_form(tiny, grader):
+    _, tok = tiny
+    cfg = _cfg(vhack_pairs_source="alt_templates", vhack_pairs=4)
+    probs = _problems(cfg)
+    by_prompt = {render_prompt(tok, p): p for p in probs}
+    pairs = warmstart.alt_template_pairs(cfg, tok, probs)
+    assert len(pairs) == 4
+    for prompt, hack, clean, _ in pairs:
+        p = by_prompt[prompt]
+        assert grader.grade(p, hack).exploited and grader.grade(p, clean).gt_correct
+        assert hack not in {hack_completion(p, p.mode, v) for v in range(1000)}  # not a training template
 
 
 @pytest.mark.parametrize("flags, msg", [

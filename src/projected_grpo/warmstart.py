@@ -43,8 +43,8 @@ from . import distributed as dist
 from .cachekey import model_digest, probe_key, warmstart_key
 from .config import ConfigError
 from .env.grader import extract_code
-from .env.loopholes import clean_completion
-from .env.problems import render_prompt
+from .env.loopholes import clean_completion, hack_completion
+from .env.prompts import render_prompt
 from .grpo import completion_logprobs, encode_completion, make_batch, row_weights
 from .models import cache_dir
 
@@ -353,20 +353,15 @@ def pool_pairs(cfg, tokenizer, problems, samples: list[dict]) -> tuple[list[tupl
     return pairs, n_hacks
 
 
-def alt_hack(problem, mode: str, variant: int) -> str | None:
-    """A hack of ``mode`` in the second surface form (the per-mode registry's ``alt_templates``), or None
-    where the registry has none for ``mode``. ConfigError while this build has no second template family."""
-    try:
-        from .env import registry  # lands with the registry helper's change
-    except ImportError:
-        raise ConfigError("--vhack-pairs-source alt_templates: this build has no second template family "
-                          "(env.registry's alt_templates); use pool or templates") from None
-    return registry.alt_hack_completion(problem, mode, variant)
+def alt_hack(problem, mode: str, variant: int) -> str:
+    """A hack of ``mode`` in the second surface form: the mode registry's ``alt`` template family."""
+    return hack_completion(problem, mode, variant, family="alt")
 
 
 def alt_template_pairs(cfg, tokenizer, problems, alt=alt_hack) -> list[tuple[str, str, str, str]]:
     """``vhack_pairs`` (prompt, alt-form hack, clean template, second clean template) over the problems whose
-    mode has an alternative template, seeded as `env.pool.make_pairs`. ``alt(problem, mode, variant)``."""
+    mode has an alternative template, seeded as `env.pool.make_pairs`. ``alt(problem, mode, variant)`` returns
+    the hack, or None for a mode without one (every registered mode has one today)."""
     known = cfg.vhack_known_modes
     eligible = [p for p in problems if p.mode and (known is None or p.mode in known)]
     rng = random.Random(_seed(cfg, "pairs"))
