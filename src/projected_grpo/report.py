@@ -351,7 +351,7 @@ class Paired:
     def seeds_matched(self) -> str:
         """"k/n": the seeds whose own |Δsolve| ≤ threshold, of the n seeds whose Δsolve is known."""
         ds = [p.d_solve for p in self.pairs if p.d_solve is not None]
-        return f"{sum(1 for d in ds if abs(d) <= self.threshold + 1e-12)}/{len(ds)}"
+        return f"{sum(matched_solve(d, False, self.threshold) is True for d in ds)}/{len(ds)}"
 
     def problem_ci(self) -> tuple[float, float] | None:
         """Two-stage (seeds, then held-out problems) paired bootstrap 95 % interval of Δhack from the per-problem
