@@ -85,10 +85,15 @@ def write_config(job: Job) -> None:
         return
     d.mkdir(parents=True, exist_ok=True)
     cfg = job.config
-    tmp = d / ".config.json.tmp"
-    tmp.write_text(json.dumps({"config": cfg.to_dict(), "hash": cfg.hash(), "match_hash": cfg.match_hash(),
-                               "arm": cfg.arm}, indent=1, default=str) + "\n")
-    tmp.replace(d / "config.json")
+    write_json(d / "config.json", {"config": cfg.to_dict(), "hash": cfg.hash(), "match_hash": cfg.match_hash(),
+                                   "arm": cfg.arm}, indent=1)
+
+
+def write_json(path: Path, obj, indent: int = 2) -> None:
+    """`obj` as JSON at `path`, atomically (a reader never sees half a plan or half a config)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=indent, default=str) + "\n")
+    tmp.replace(path)
 
 
 def train_argv(job: Job, sandbox_workers: int, resume: bool) -> list[str]:

@@ -724,9 +724,7 @@ def study(a, command: str) -> int:
            "runs_per_question": counts, "unique_runs": len(plan.jobs),
            "cells": [{"question": c.question, "label": c.label, "runs": [j.name for j in c.jobs]} for c in plan.cells],
            "runs": [dataclasses.asdict(j) for j in plan.jobs.values()]}
-    tmp = out / ".plan.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(out / "plan.json")
+    runner.write_json(out / "plan.json", doc)
     print("runs per question (shared runs counted in each): "
           + ", ".join(f"{q} {n}" for q, n in counts.items()) + f"; {len(plan.jobs)} unique")
     for n in plan.notes:

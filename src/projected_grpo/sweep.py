@@ -245,9 +245,7 @@ def sweep(a) -> int:
     plan = {"grid": dataclasses.asdict(g), "backend": flags.backend, "workers": flags.workers,
             "sandbox_workers": flags.sandbox_workers, "command": " ".join(sys.argv),
             "runs": [dataclasses.asdict(j) for j in jobs]}
-    tmp = out / ".sweep.json.tmp"
-    tmp.write_text(json.dumps(plan, indent=2, default=str) + "\n")
-    tmp.replace(out / "sweep.json")
+    runner.write_json(out / "sweep.json", plan)
     print(runner.describe("sweep", out, jobs, flags), flush=True)
     if a.dry_run:
         print(f"dry run: plan written to {out / 'sweep.json'}")
