@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from projected_grpo import fastgen  # noqa: E402
-from projected_grpo.rollout import generate as hf_generate  # noqa: E402
+from projected_grpo.rollout import generate as rollout_generate  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "configs"
 DATE = time.strftime("%Y-%m-%d")
@@ -204,11 +204,11 @@ def check_equal(smoke: bool, dev):
         prompts = prompts_of(tok, 8, 64 if not smoke else 16, seed=1, vary=True)
         n_new = 48 if not smoke else 12
         for greedy in (True, False):
-            ref = hf_generate(model, tok, prompts, 1, n_new, greedy=greedy, temperature=1.0, seeds=list(range(8)))
+            ref = rollout_generate(model, tok, prompts, 1, n_new, greedy=greedy, temperature=1.0, seeds=list(range(8)))
             comps = (False, True) if dev.type == "cuda" else (False,)
             for comp in comps:
-                got = fastgen.generate(model, tok, prompts, 1, n_new, greedy=greedy, temperature=1.0,
-                                       seeds=list(range(8)), compile=comp)
+                got = rollout_generate(model, tok, prompts, 1, n_new, greedy=greedy, temperature=1.0,
+                                       seeds=list(range(8)), compile=comp, backend="fast")
                 same = [a == b for a, b in zip(ref.completion_ids, got.completion_ids)]
                 first = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
                          for a, b in zip(ref.completion_ids, got.completion_ids)]
@@ -268,12 +268,12 @@ def decode_bench(smoke: bool, dev, ceil: dict, shapes, batches, n_new: int, prom
                 for label, kw in runs:
                     with section(f"{label} {name} b{B}"):
                         n = n_new if "no graphs" not in label else min(n_new, 64)
-                        fastgen.generate(model, tok, prompts, 1, 16, seeds=list(range(B)), eos_token_id=-1, **kw)
+                        rollout_generate(model, tok, prompts, 1, 16, seeds=list(range(B)), eos_token_id=-1, **kw, backend="fast")
                         st = fastgen.GenStats()
                         sync()
                         t = time.perf_counter()
-                        r = fastgen.generate(model, tok, prompts, 1, n, seeds=list(range(B)), eos_token_id=-1,
-                                             stats=st, **kw)
+                        r = rollout_generate(model, tok, prompts, 1, n, seeds=list(range(B)), eos_token_id=-1,
+                                             stats=st, **kw, backend="fast")
                         sync()
                         wall = time.perf_counter() - t
                         ms = st.decode_s / max(1, st.steps) * 1e3
@@ -301,9 +301,9 @@ def extra_bench(smoke: bool, dev, ceil: dict, name: str, B: int, n_new: int, pro
     for label, kw in (("fast (again)", {}), ("fast top_p=0.95", dict(top_p=0.95)), ("fast bucket 32", dict(bucket=32)),
                       ("fast bucket 128", dict(bucket=128))):
         with section(label):
-            fastgen.generate(model, tok, prompts, 1, 16, seeds=list(range(B)), eos_token_id=-1, **kw)
+            rollout_generate(model, tok, prompts, 1, 16, seeds=list(range(B)), eos_token_id=-1, **kw, backend="fast")
             st = fastgen.GenStats()
-            r = fastgen.generate(model, tok, prompts, 1, n_new, seeds=list(range(B)), eos_token_id=-1, stats=st, **kw)
+            r = rollout_generate(model, tok, prompts, 1, n_new, seeds=list(range(B)), eos_token_id=-1, stats=st, **kw, backend="fast")
             ms = st.decode_s / max(1, st.steps) * 1e3
             record("decode", f"{label} {name} b{B}", new_tokens=n_new, ms_per_step=ms,
                    tok_per_s=r.n_tokens / (st.prefill_s + st.decode_s), capture_s=st.capture_s, graphs=st.graphs,
@@ -315,7 +315,7 @@ def extra_bench(smoke: bool, dev, ceil: dict, name: str, B: int, n_new: int, pro
         for n in (2, 8, 40):
             sync()
             t = time.perf_counter()
-            hf_generate(model, tok, ph, 1, n, seeds=list(range(Bh)), batch_size=Bh)
+            rollout_generate(model, tok, ph, 1, n, seeds=list(range(Bh)), batch_size=Bh)
             sync()
             times.append(time.perf_counter() - t)
         ms = (times[2] - times[1]) / 32 * 1e3  # a random model almost never samples EOS

@@ -39,15 +39,15 @@ def test_sampling_matches_hf_token_for_token(tiny):
     seeds = [11, 12, 13, 14, 15, 16]
     for top_p in (1.0, 0.8):
         ref = generate(model, tok, prompts, 2, 20, temperature=0.7, top_p=top_p, seeds=seeds)
-        got = fastgen.generate(model, tok, prompts, 2, 20, temperature=0.7, top_p=top_p, seeds=seeds, batch_size=4)
+        got = generate(model, tok, prompts, 2, 20, temperature=0.7, top_p=top_p, seeds=seeds, batch_size=4, backend="fast")
         assert got.completion_ids == ref.completion_ids
 
 
 def test_batch_invariant(tiny):
     model, tok = tiny
     prompts = chat(tok, TEXTS)
-    both = fastgen.generate(model, tok, prompts, 2, 12, seeds=list(range(6)))
-    last = fastgen.generate(model, tok, prompts[2:], 2, 12, seeds=[4, 5])
+    both = generate(model, tok, prompts, 2, 12, seeds=list(range(6)), backend="fast")
+    last = generate(model, tok, prompts[2:], 2, 12, seeds=[4, 5], backend="fast")
     assert both.completion_ids[4:] == last.completion_ids
 
 
@@ -75,8 +75,8 @@ def test_first_token_distribution(tiny):
         model.lm_head.weight.mul_(40)
     prompt = chat(tok, ["x"])
     n, T, top_p = 4000, 1.3, 0.95
-    r = fastgen.generate(model, tok, prompt, n, 1, temperature=T, top_p=top_p, seeds=list(range(n)),
-                         eos_token_id=-1)
+    r = generate(model, tok, prompt, n, 1, temperature=T, top_p=top_p, seeds=list(range(n)),
+                 eos_token_id=-1, backend="fast")
     draws = torch.tensor([c[0] for c in r.completion_ids])
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([r.prompt_ids[0]])).logits[0, -1].float() / T
@@ -101,7 +101,7 @@ def test_first_token_distribution(tiny):
 def test_eos_stops_rows_and_flags_truncation(tiny):
     model, tok = tiny
     prompts = chat(tok, TEXTS)
-    free = fastgen.generate(model, tok, prompts, 1, 16, greedy=True, eos_token_id=-1)
+    free = generate(model, tok, prompts, 1, 16, greedy=True, eos_token_id=-1, backend="fast")
     eos = free.completion_ids[0][3]  # make a token row 0 emits at step 3 the EOS
     tok2 = copy.deepcopy(tok)
     tok2.eos_token = tok2.convert_ids_to_tokens(eos)
@@ -120,10 +120,10 @@ def test_eos_stops_rows_and_flags_truncation(tiny):
 def test_stops_when_all_rows_finished(tiny):
     model, tok = tiny
     prompt = chat(tok, ["a"])
-    free = fastgen.generate(model, tok, prompt, 1, 40, greedy=True, eos_token_id=-1)
+    free = generate(model, tok, prompt, 1, 40, greedy=True, eos_token_id=-1, backend="fast")
     eos = free.completion_ids[0][2]
     st = fastgen.GenStats()
-    r = fastgen.generate(model, tok, prompt, 1, 40, greedy=True, eos_token_id=eos, check_every=4, stats=st)
+    r = generate(model, tok, prompt, 1, 40, greedy=True, eos_token_id=eos, check_every=4, stats=st, backend="fast")
     assert r.completion_ids[0][-1] == eos and not r.truncated[0]
     assert st.steps < 8  # stopped at the first check after every row finished, not after 39 steps
 
@@ -141,13 +141,13 @@ def test_live_knobs_refused_merged_knobs_used(tiny_adapter):
         for m in adapter.modules.values():
             m.delta_s.normal_(0, 0.5)
     with pytest.raises(fastgen.FastGenError):
-        fastgen.generate(model, tok, prompts, 1, 4, greedy=True)
+        generate(model, tok, prompts, 1, 4, greedy=True, backend="fast")
     with adapter.merged():
         ref = generate(model, tok, prompts, 1, 16, greedy=True)
         got = generate(model, tok, prompts, 1, 16, greedy=True, backend="fast")
     assert got.completion_ids == ref.completion_ids
     with adapter.zeroed():
-        base = fastgen.generate(model, tok, prompts, 1, 16, greedy=True)
+        base = generate(model, tok, prompts, 1, 16, greedy=True, backend="fast")
     assert base.completion_ids != got.completion_ids  # the knobs changed the model, and fast saw it
 
 
@@ -156,4 +156,4 @@ def test_unsupported_architecture_is_refused(tiny):
     m = copy.deepcopy(model)
     m.config.model_type = "gpt2"
     with pytest.raises(fastgen.FastGenError):
-        fastgen.generate(m, tok, chat(tok, ["a"]), 1, 2)
+        generate(m, tok, chat(tok, ["a"]), 1, 2, backend="fast")

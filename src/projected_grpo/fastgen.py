@@ -16,6 +16,12 @@ they are the merged weights), so what it computes is the HF forward written out 
   - per-row stop at EOS: finished rows emit padding; the host checks "all finished" every
     ``check_every`` steps (one sync) and stops early.
 
+Ids in, ids out (`generate_ids`): tokenising the prompts, cutting rows at EOS and building ``Rollouts``
+is rollout.generate's, for both backends (the one entry point: ``rollout.generate(..., backend="fast")``).
+
+Owns: the fast decode engine (``Decoder``, ``generate_ids``, ``model_spec``, ``check_architecture``).
+Must never import: rollout.py (it imports this module), the trainer (train, grpo, projection, ...), env/.
+
 Why not HF ``generate`` with a ``StaticCache``: its step attends over the whole static cache every
 step (no length buckets) and its mask/cache bookkeeping is Python that a graph must freeze; written
 out here, the step is ~40 lines and every tensor it touches is ours. Measurements: docs/PERF.md.
@@ -30,7 +36,6 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .rollout import Rollouts
 from .sampling import _MASK31, _mix, top_p_mask
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
@@ -359,10 +364,11 @@ class Decoder:
             self.step(S)
 
 
-def capture_or_eager(dec: "Decoder", pool, out: Rollouts) -> bool:
+def capture_or_eager(dec: "Decoder", pool, record) -> bool:
     """Capture ``dec``'s decode graphs; on failure decode eagerly (never lose a rollout to a capture
-    problem) and record it in ``out.capture_failed`` / ``out.capture_error``, which the trainer writes
-    into the step's metrics (``rollout_capture_failed``). Returns whether graphs were captured."""
+    problem) and count it in ``record.capture_failed`` / ``record.capture_error`` (``record``: anything
+    with those two attributes; rollout.generate passes its ``Rollouts``, whose counts the trainer writes
+    into the step's metrics as ``rollout_capture_failed``). Returns whether graphs were captured."""
     try:
         dec.capture(pool)
         return True
@@ -374,8 +380,8 @@ def capture_or_eager(dec: "Decoder", pool, out: Rollouts) -> bool:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         dec.graphs.clear()
-        out.capture_failed += 1
-        out.capture_error = out.capture_error or msg
+        record.capture_failed += 1
+        record.capture_error = record.capture_error or msg
         return False
 
 
@@ -384,36 +390,34 @@ def _sync(dev: torch.device):
         torch.cuda.synchronize(dev)
 
 
-def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, *, temperature: float = 1.0,
-             top_p: float = 1.0, greedy: bool = False, seeds: list[int] | None = None, batch_size: int | None = None,
-             cuda_graphs: bool = True, compile: bool | None = None, attn: str = "bmm", bucket: int = 64,
-             check_every: int = 16,
-             stats: GenStats | None = None, eos_token_id: int | None = None) -> Rollouts:
-    """Same contract as ``rollout.generate`` (backend ``hf``): ``n`` completions per prompt, one
-    seed per completion, rows in order p0×n, p1×n, .... ``batch_size`` rows decode together
-    (default: all of them). ``eos_token_id`` overrides the tokenizer's (benchmarks pass -1 to force
-    full length). ``stats`` (optional) receives prefill / decode / capture seconds. ``compile``
-    (default: on CUDA) fuses the decode step's small kernels with torch.compile (first call: ~1 min)."""
+def generate_ids(model, encoded: list[list[int]], seeds: list[int], max_new_tokens: int, *, eos: int, pad: int,
+                 temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, batch_size: int | None = None,
+                 cuda_graphs: bool = True, compile: bool | None = None, attn: str = "bmm", bucket: int = 64,
+                 check_every: int = 16, stats: GenStats | None = None, record=None) -> list[list[int]]:
+    """Ids in, ids out: one row of ``max_new_tokens`` sampled ids per prompt row of ``encoded`` (prompt
+    token ids, any lengths; ``seeds``: one per row), padded with ``pad`` after a row's ``eos``. Rows are
+    cut, decoded and collected into ``Rollouts`` by rollout.generate (backend ``fast``), the one entry
+    point. ``batch_size`` rows decode together (default: all of them). ``stats`` (optional) receives
+    prefill / decode / capture seconds; ``record`` (optional, see capture_or_eager) counts capture
+    failures. ``compile`` (default: on CUDA) fuses the decode step's small kernels with torch.compile
+    (first call: ~1 min)."""
     import time
+    from types import SimpleNamespace
 
-    out = Rollouts([], [], [], [])
-    if n == 0 or not prompts:
-        return out
+    if not encoded:
+        return []
+    if len(seeds) != len(encoded):
+        raise ValueError(f"need one seed per completion ({len(encoded)}), got {len(seeds)}")
     sp = model_spec(model)
     dev = sp.device
-    eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    flat = [p for p in prompts for _ in range(n)]
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in flat]
-    seeds = list(range(len(flat))) if seeds is None else list(seeds)
-    if len(seeds) != len(flat):
-        raise ValueError(f"need one seed per completion ({len(flat)}), got {len(seeds)}")
+    record = record if record is not None else SimpleNamespace(capture_failed=0, capture_error="")
     temp = 0.0 if (greedy or temperature == 0) else float(temperature)
     bs = batch_size or len(encoded)
     st = stats if stats is not None else GenStats()
     use_graphs = cuda_graphs and dev.type == "cuda"
     compile = (dev.type == "cuda") if compile is None else compile
     pool = torch.cuda.graph_pool_handle() if use_graphs else None
+    rows: list[list[int]] = []
     with torch.no_grad():
         for s0 in range(0, len(encoded), bs):
             chunk = encoded[s0:s0 + bs]
@@ -425,7 +429,7 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, 
             dec = Decoder(sp, B, L, max_new_tokens, eos, pad, temp, top_p, attn, bucket, compile)
             t0 = time.perf_counter()
             if use_graphs:
-                capture_or_eager(dec, pool, out)
+                capture_or_eager(dec, pool, record)
             _sync(dev)
             t1 = time.perf_counter()
             dec.prefill(ids.to(dev), pads, torch.tensor(seeds[s0:s0 + bs], dtype=torch.long, device=dev))
@@ -444,11 +448,9 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, 
             st.prefill_s += t2 - t1
             st.decode_s += t3 - t2
             st.graphs += len(dec.graphs)
-            toks = dec.out.cpu().tolist()
+            rows += dec.out.cpu().tolist()
             del dec
-            for p, new in zip(chunk, toks):
-                out.add(p, new, eos, tokenizer)
-    return out
+    return rows
 
 
 def kv_bytes_per_token(model) -> int:
