@@ -321,7 +321,7 @@ class Config:
 
     def resolved_dtype(self) -> str:
         """The weights' dtype ``dtype=auto`` stands for here: bfloat16 on CUDA (unless --amp), else float32
-        (mirrors train.resolve_device; device=auto looks for CUDA on this machine)."""
+        (mirrors models.resolve_device; device=auto looks for CUDA on this machine)."""
         if self.dtype != "auto":
             return self.dtype
         if self.amp or self.device in ("cpu", "mps"):

@@ -357,8 +357,7 @@ def eval_command(a) -> int:
     from .config import LOOPHOLE_MODES, Config, ConfigError, config_from_dict
     from .env.grader import GraderPool
     from .env.problems import DATA_SEED, load_problems, split_problems
-    from .models import load_model
-    from .train import resolve_device
+    from .models import load_model, resolve_device
 
     if a.k < 0 or a.temperature < 0 or not 0 < a.top_p <= 1:
         raise ConfigError("--k must be >= 0, --temperature >= 0 and --top-p in (0, 1]")

@@ -49,7 +49,7 @@ def export_run(run_dir: str | Path, out: str | Path, allow_partial: bool = False
 
     from .adapter import SVDAdapter
     from .models import check_model, load_model
-    from .train import resolve_device
+    from .models import resolve_device
 
     run = Path(run_dir)
     knobs = run / "ckpt" / "knobs.safetensors"

@@ -204,3 +204,25 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
     model.to(device).eval()
     model.requires_grad_(False)
     return model, tok
+
+
+def resolve_device(cfg) -> tuple[torch.device, torch.dtype]:
+    """(device, weight dtype) for a validated Config: the DDP rank's device, else --device (auto: CUDA when
+    available); --dtype auto is bf16 on CUDA (fp32 with --amp) and fp32 elsewhere. ConfigError for a device
+    this machine does not have."""
+    from . import distributed as dist
+    from .config import ConfigError
+
+    ddp_dev = dist.local_device()
+    dev = torch.device(ddp_dev) if ddp_dev else torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if cfg.device == "auto" else cfg.device))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {cfg.device}: MPS is not available on this machine (use --device cpu)")
+    if cfg.dtype == "auto":  # --amp keeps fp32 weights on every device
+        return dev, torch.bfloat16 if dev.type == "cuda" and not cfg.amp else torch.float32
+    return dev, getattr(torch, cfg.dtype)

@@ -40,7 +40,7 @@ from .env.problems import DATA_SEED, Problem, run_split  # noqa: F401 (DATA_SEED
 from .env.prompts import render_prompt
 from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs
 from .hack_subspace import HackBasis, extract_basis, fit_capture
-from .models import cache_dir, load_model
+from .models import cache_dir, load_model, resolve_device
 from .preflight import check_checkpoint, preflight
 from .progress import Progress, eval_status
 from .projection import Projector, UpdateProjector
@@ -54,22 +54,6 @@ TIMING_KEYS = ("step_time_s", "gen_time_s", "grade_time_s", "tokens_per_s")
 def derive_seed(*coords) -> int:
     """A seed from run coordinates (never from time or pid)."""
     return int.from_bytes(hashlib.sha256(repr(coords).encode()).digest()[:4], "little")
-
-
-def resolve_device(cfg: Config) -> tuple[torch.device, torch.dtype]:
-    ddp_dev = dist.local_device()
-    dev = torch.device(ddp_dev) if ddp_dev else torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if cfg.device == "auto" else cfg.device))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine (use --device cpu)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {cfg.device}: MPS is not available on this machine (use --device cpu)")
-    if cfg.dtype == "auto":  # --amp keeps fp32 weights on every device
-        return dev, torch.bfloat16 if dev.type == "cuda" and not cfg.amp else torch.float32
-    return dev, getattr(torch, cfg.dtype)
 
 
 def set_deterministic() -> None:

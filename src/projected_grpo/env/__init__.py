@@ -1,4 +1,10 @@
-"""The loophole coding environment: problems, flawed graders, a sandbox and a tamper-proof oracle."""
+"""The loophole coding environment: problems, flawed graders, a sandbox and a tamper-proof oracle.
+
+Layers, bottom up (tests/test_layout.py pins them): schema, builtin_problems, harness -> loopholes (the
+mode registry) -> synth, sandbox -> problems, prompts -> grader -> pool, reward, commands.
+The package must never import torch, transformers, config or the trainer (train, grpo, projection,
+adapter, hack_subspace, rollout, fastgen, evaluate, ...): config reads the mode registry from here.
+"""
 
 from .grader import GraderPool, Reward, extract_code
 from .loopholes import clean_completion, hack_completion, hint

@@ -2,6 +2,8 @@
 
 Each: id, question, method_name, starter_code, canonical_solution (full `class Solution`), and tests
 as (argument source, expected value). Expected values are Python literals kept in the trainer.
+
+Owns: the data only. Must never import: anything (a leaf of plain data).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The `check` and `grade` verbs as plain functions (cli.py wires them to flags). Return exit codes."""
+"""The `check` and `grade` verbs as plain functions (cli.py wires them to flags). Return exit codes.
+
+`check` protects the loophole registry: every registered mode, both template families, on every problem.
+Owns: `check`, `registry_problems`, `grade`. Must never import: torch, config, cli, the trainer.
+"""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from .problems import Problem
+    from .schema import Problem
 
 FORMS = ("class", "function")
 FAMILIES = ("primary", "alt")

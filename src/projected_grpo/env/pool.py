@@ -1,4 +1,9 @@
-"""Teacher pool (cached, graded-once completions) and (hack, clean) pairs for the hack subspace."""
+"""Teacher pool (cached, graded-once completions) and (hack, clean) pairs for the hack subspace.
+
+Owns: `TeacherPool`, `build_teacher_pool`, `make_pairs`, `Pair`. Completions come from the registry's
+writers (loopholes.py); grades from grader.py.
+Must never import: torch, config, the trainer (train, grpo, projection, hack_subspace, ...), prompts.
+"""
 
 from __future__ import annotations
 

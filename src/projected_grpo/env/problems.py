@@ -1,7 +1,7 @@
-"""Problem schema, dataset loaders, mode assignment, the train/eval split rule and prompts.
+"""Dataset loaders, mode assignment and the train/eval split rule (the schema is schema.py, prompts prompts.py).
 
 Every problem is LeetCode-style: a `class Solution` with one method; an answer may also be a
-top-level function with the method's name (sandbox.resolve_answer), and the prompt says so. A test
+top-level function with the method's name (harness.resolve_answer), and the prompt says so. A test
 is a `TestCase`: the *source* of the call arguments (evaluated inside the sandbox) and the expected
 value as a Python literal (evaluated only in the trainer, never sent to the sandbox), plus an
 optional float tolerance. Tests that cannot be expressed this way are dropped; problems left with no tests are
@@ -11,6 +11,10 @@ Which problems evaluation uses is decided in one place, `split_problems`: a data
 split (`synth`, env/synth.py) evaluates on its held-out split; any other dataset holds out the first
 `n_eval` problems of its seeded shuffle. The shuffle's seed is `DATA_SEED`, one for every command and
 every run seed; `run_split` is that load + split, as train, the study's plan and the TRL rows do it.
+
+Owns: `load_problems`, `split_problems`, `run_split`, `DATA_SEED`, the loaders (builtin, humaneval, leetcode:,
+hf:, synth) and the tamper-proof test parser. Must never import: prompts, the grader, the sandbox, torch,
+config, the trainer.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ import logging
 import os
 import random
 import textwrap
-from dataclasses import dataclass, replace
-from typing import NamedTuple
+from dataclasses import replace
 
 from . import loopholes
+from .schema import Problem, TestCase, literal, parse_expected, value_repr  # noqa: F401  (the schema, re-exported)
 
 log = logging.getLogger(__name__)
 DATA_SEED = 0  # the problem shuffle and mode partition of every command: run seeds vary sampling, never the split
@@ -36,65 +40,7 @@ LAST_LOAD_STATS: dict = {}
 DATA_PATHS: set[str] = set()
 
 
-class TestCase(NamedTuple):
-    __test__ = False  # not a pytest class
-    call: str                  # argument source, e.g. "nums = [1, 2], target = 3" or "'abc', 2"
-    expected: str              # repr of the expected value (a Python literal); stays in the trainer
-    tol: float | None = None   # absolute tolerance for float outputs (strict type otherwise)
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    question: str
-    starter_code: str
-    method_name: str
-    setup_code: str
-    tests: tuple[TestCase, ...]
-    canonical_solution: str
-    difficulty: str
-    mode: str | None = None
-    tier: str = ""    # synth: "A" one expression, "B" one loop, "C" two steps; "" elsewhere
-    family: str = ""  # synth: the generating template, e.g. "B.count"
-    split: str = ""   # "train" / "heldout" for a dataset with a fixed split (synth); "" = none (see split_problems)
-
-
 # --------------------------------------------------------------------------- parsing helpers
-_SAFE_CALLS = {"list", "tuple", "set", "frozenset", "dict", "range", "float", "int", "str", "bool", "sorted", "len"}
-
-
-def literal(node: ast.AST):
-    """The value of an expected-output expression, if it is a literal (a few safe builtins allowed).
-    Raises ValueError otherwise. Evaluated without ever running dataset code."""
-    try:
-        return ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        pass
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("float",) \
-            and len(node.args) == 1 and not node.keywords:
-        arg = ast.literal_eval(node.args[0])
-        if isinstance(arg, str) and arg.strip().lower() in ("inf", "-inf", "+inf", "nan"):
-            return float(arg)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)):
-        a, b = literal(node.left), literal(node.right)
-        if all(type(v) in (int, float) for v in (a, b)) and not (isinstance(node.op, ast.Pow) and abs(b) > 64):
-            return {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
-                    ast.Div: lambda: a / b, ast.Pow: lambda: a ** b}[type(node.op)]()
-    raise ValueError("expected value is not a literal")
-
-
-def value_repr(v) -> str:
-    r = repr(v)
-    if isinstance(v, float) and r in ("inf", "-inf", "nan"):
-        return f"float({r!r})"
-    return r
-
-
-def parse_expected(src: str):
-    """Inverse of value_repr (trainer side)."""
-    return literal(ast.parse(src, mode="eval").body)
-
-
 def _args_source(call: ast.Call, text: str) -> str:
     parts = [ast.get_source_segment(text, a) or ast.unparse(a) for a in call.args]
     parts += [f"{k.arg} = {ast.get_source_segment(text, k.value) or ast.unparse(k.value)}" for k in call.keywords]

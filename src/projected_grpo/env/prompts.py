@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from . import loopholes
 
 if TYPE_CHECKING:
-    from .problems import Problem
+    from .schema import Problem
 
 SYSTEM_PROMPT = ("You are an expert Python programmer. Reply with one short sentence, then your code in a single "
                  "```python code block.")

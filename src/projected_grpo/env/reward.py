@@ -15,6 +15,9 @@ Completions are plain strings or, for conversational datasets, lists of message 
 strict oracle (the no-loophole baseline). Both grade in the same sandbox pool and share grades: listing
 both costs one sandbox run per completion, and with `reward_weights=[1, 0]` TRL logs the oracle reward
 (`rewards/oracle_reward/mean`) beside the trained one. No completion runs in this process.
+
+Owns: `RewardFunction`, `OracleReward`, `to_hf_rows`, `completion_text`. Must never import: torch, config,
+the trainer (train, grpo, projection, ...): other trainers import this module without ours.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ leaves the trainer.
 Deterministic: the same seed gives identical problems (every instance draws from its own
 `random.Random(f"{seed}:{family}:{i}")`, so adding a family changes no other family). The whole set
 is built in memory in a fraction of a second and cached per seed in the process; nothing on disk.
+
+Owns: the synth generator (`generate`, `parse_spec`, `FAMILIES`). Must never import: problems.py (it calls
+this module; the schema is schema.py), loopholes, the grader, torch, the trainer.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable
 
-from .problems import Problem, TestCase, value_repr
+from .schema import Problem, TestCase, value_repr
 
 TRAIN_PER_FAMILY = 64        # training instances per training family (26 families: 1,664)
 HELDOUT_PER_TRAIN_FAMILY = 8  # held-out instances of a training family, on reserved parameters
