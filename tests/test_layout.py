@@ -126,6 +126,9 @@ NEVER = {  # module (or package prefix) -> what it must never import (package mo
     f"{ENV}.grader": [f"{ENV}.prompts"],
     f"{PKG}.fastgen": [f"{PKG}.rollout", ENV, *[m for m in TRAINER if m not in (f"{PKG}.fastgen", f"{PKG}.rollout")]],
     f"{PKG}.rollout": [ENV, *[m for m in TRAINER if m not in (f"{PKG}.fastgen", f"{PKG}.rollout")]],
+    f"{PKG}.teachers": [f"{PKG}.train", f"{PKG}.warmstart"],  # both import it
+    f"{PKG}.warmstart": [f"{PKG}.train"],
+    f"{PKG}.separation": [f"{PKG}.train"],
 }
 
 

@@ -8,6 +8,8 @@ micro-batching draw the same completions. The hash is a few integer ops on (B, v
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 _MASK31 = (1 << 31) - 1
@@ -64,3 +66,8 @@ class GumbelProcessor:
         choice = sample(scores, self.row_seeds.to(scores.device), position, self.temperature, self.top_p)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter(-1, choice[:, None], 0.0)
+
+
+def derive_seed(*coords) -> int:
+    """A seed from run coordinates (never from time or pid)."""
+    return int.from_bytes(hashlib.sha256(repr(coords).encode()).digest()[:4], "little")

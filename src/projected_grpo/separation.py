@@ -23,6 +23,7 @@ import random
 import torch
 
 from .hack_subspace import completion_grads, random_basis
+from .sampling import derive_seed
 
 
 def auc(pos: list[float], neg: list[float]) -> float | None:
@@ -66,8 +67,6 @@ def select_rows(exploited: list[bool], limit: int, seed: int) -> list[int]:
 def v_auc_metrics(cfg, s, prompts: list[str], texts: list[str], exploited: list[bool], step: int) -> dict:
     """``v_auc``, ``v_auc_random`` and ``v_auc_n`` (hack, non-hack rows scored) for this step's student samples
     (``prompts[i]`` the prompt text of ``texts[i]``); {} when off, without a basis, or when one kind is absent."""
-    from .train import derive_seed
-
     if cfg.v_auc_rows <= 0 or s.basis is None or not s.basis.V or not any(exploited) or all(exploited):
         return {}
     idx = select_rows(exploited, cfg.v_auc_rows, derive_seed(cfg.seed, step, "v_auc"))

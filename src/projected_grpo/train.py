@@ -32,10 +32,9 @@ from . import distributed as dist
 from . import interrupts
 from . import warmstart
 from .adapter import SVDAdapter
-from .cachekey import teacher_pool_key
 from .config import Config, ConfigError, config_from_dict
 from .env.grader import GraderPool, extract_code
-from .env.pool import TeacherPool, build_teacher_pool, make_pairs
+from .env.pool import TeacherPool, make_pairs
 from .env.problems import DATA_SEED, Problem, run_split  # noqa: F401 (DATA_SEED: train.DATA_SEED stays importable)
 from .env.prompts import render_prompt
 from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs
@@ -46,14 +45,11 @@ from .progress import Progress, eval_status
 from .projection import Projector, UpdateProjector
 from .rollout import generate
 from .separation import v_auc_metrics
+from .sampling import derive_seed  # noqa: F401  (train.derive_seed stays importable)
+from .teachers import teacher_pool
 from .tracking import make_tracker
 
 TIMING_KEYS = ("step_time_s", "gen_time_s", "grade_time_s", "tokens_per_s")
-
-
-def derive_seed(*coords) -> int:
-    """A seed from run coordinates (never from time or pid)."""
-    return int.from_bytes(hashlib.sha256(repr(coords).encode()).digest()[:4], "little")
 
 
 def set_deterministic() -> None:
@@ -324,27 +320,6 @@ def _cpu_has_bf16() -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a torch without these probes: assume yes rather than warn wrongly
         return True
-
-
-def teacher_pool(cfg: Config, problems: list[Problem], grader: GraderPool, note) -> TeacherPool:
-    if cfg.teacher_pool is not None:
-        if not Path(cfg.teacher_pool).exists():
-            raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: no such file")
-        try:
-            return TeacherPool.load(cfg.teacher_pool)
-        except ValueError as e:
-            raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: {e}") from e
-    # every mode's demonstrations: vhack_known_modes restricts V's pairs only (leave-one-mode-out)
-    path = cache_dir() / "pools" / f"{teacher_pool_key(cfg, problems)}.jsonl"  # content, grader, sandbox, code
-    if path.exists():
-        return TeacherPool.load(path)
-    note(f"building the teacher pool ({len(problems)} problems, graded once)")
-    pool = build_teacher_pool(problems, grader, cfg.teacher_per_problem, seed=DATA_SEED)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    pool.save(tmp)
-    tmp.replace(path)
-    return pool
 
 
 def basis_for(cfg: Config, s: Setup) -> HackBasis:

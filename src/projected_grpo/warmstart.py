@@ -21,7 +21,7 @@ Both results are cached (``cache_dir()/warmstart``) under keys that hold the mod
 but never the arm (cachekey.py): every arm of a seed loads the same δS₀ and the same probe samples; a file
 lock makes concurrent arms compute once. Data parallel: rank 0 computes, every rank gets its result.
 
-Owns the pre-RL phase; imports train only inside functions (train imports this module).
+Owns the pre-RL phase. Must never import train (train imports this module).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from .env.loopholes import clean_completion, hack_completion
 from .env.prompts import render_prompt
 from .grpo import completion_logprobs, encode_completion, make_batch, row_weights
 from .models import cache_dir
+from .sampling import derive_seed
+from .teachers import teacher_pool
 
 WS_BATCH = 8          # rows per warm-start step (a fixed batch: micro_batch only splits it, results equal)
 PRIOR_PER_PROBLEM = 8  # probe samples per problem (a GRPO group's worth)
@@ -137,8 +139,6 @@ def _locked(path: Path):
 
 
 def _seed(cfg, *coords) -> int:
-    from .train import derive_seed
-
     return derive_seed(cfg.seed, *coords)
 
 
@@ -182,8 +182,6 @@ def warm_settings(cfg, device_type: str, dtype) -> dict:
 def warm_start(cfg, model, tokenizer, adapter, problems, grader, note) -> tuple[dict, dict]:
     """Train δS on the warm-start rows (or load the cached result) and fold it into δS₀.
     Returns ({module: δS₀ (r,)}, meta with the key, per-step NLL and the hack row count)."""
-    from .train import teacher_pool
-
     pool = teacher_pool(cfg, problems, grader, note)
     rows = warm_rows(cfg, tokenizer, problems, pool)
     dev = next(iter(adapter.modules.values())).delta_s.device
