@@ -446,11 +446,12 @@ PRESETS: dict[str, Config] = {
     # rows with ~5 % hacks (aimed at a 1-5 % sampled hack prior; the GPU search in docs/LOG.md sizes it), then
     # mix_ratio 0: every row is the student's own sample, so hacking rises only if RL amplifies it. V's pairs
     # are mined from the warm-started model's own graded samples, not from the templates it was warm-started on.
+    # The pool only feeds the warm start (96 rows), so 2 templates per problem and kind (half the grading).
     "discover": dataclasses.replace(
         BASE, preset="discover", model="smollm2", dataset="synth", max_problems=300, modes=("stdout_marker", "exit_code"),
         steps=16, prompts_per_step=4, group=8, mix_ratio=0.0, max_new_tokens=96, temperature=0.7, lr=0.1, amp=True,
         micro_batch=8, eval_problems=100, eval_at_start=True, vhack_k=8, vhack_pairs=16, summary_last_n=4,
-        warmstart_steps=12, warmstart_hack_frac=0.05, warmstart_lr=0.1, prior_samples=512,
+        warmstart_steps=12, warmstart_hack_frac=0.05, warmstart_lr=0.1, prior_samples=512, teacher_per_problem=2,
         vhack_pairs_source="pool", v_auc_rows=32, rollout_backend="fast",
     ),
 }
