@@ -347,6 +347,28 @@ def run_jobs(jobs: list[Job], flags: Any, label: str = "runs") -> list[Result]:
     return sorted(skipped + ran, key=lambda r: order[r.job.name])
 
 
+def run_verb(label: str, out: Path, plan_file: Path, jobs: list[Job], flags: Any, dry_run: bool) -> list[Result] | None:
+    """The common part of `sweep` and `study` once their plan file is written: say what will run, stop there
+    for --dry-run (None), else run every job and print the status table."""
+    print(describe(label, out, jobs, flags), flush=True)
+    if dry_run:
+        print(f"dry run: plan written to {plan_file}")
+        return None
+    results = run_jobs(jobs, flags, label)
+    print(status_table(results))
+    return results
+
+
+def failures(results: list[Result]) -> int:
+    """1 (and a line on stderr saying where the logs are) when any run failed, else 0."""
+    failed = [r for r in results if r.status == "failed"]
+    if not failed:
+        return 0
+    print(f"{len(failed)} of {len(results)} runs failed (logs: <run_dir>/{LOG_NAME}); re-run the same command to "
+          "retry them", file=sys.stderr)
+    return 1
+
+
 def status_table(results: list[Result]) -> str:
     w = max([len("run")] + [len(r.job.name) for r in results])
     lines = [f"{'run':<{w}}  {'status':<8}  {'time':>7}  error", f"{'-' * w}  {'-' * 8}  {'-' * 7}  -----"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -729,13 +728,9 @@ def study(a, command: str) -> int:
           + ", ".join(f"{q} {n}" for q, n in counts.items()) + f"; {len(plan.jobs)} unique")
     for n in plan.notes:
         print(f"note: {n}")
-    jobs = list(plan.jobs.values())
-    print(runner.describe("study", plan.out, jobs, flags), flush=True)
-    if a.dry_run:
-        print(f"dry run: plan written to {out / 'plan.json'}")
+    results = runner.run_verb("study", plan.out, out / "plan.json", list(plan.jobs.values()), flags, a.dry_run)
+    if results is None:
         return 0
-    results = runner.run_jobs(jobs, flags, "study")
-    print(runner.status_table(results))
     sections, notes = build(plan, last, a.threshold)
     made = plots(plan, sections)
     (out / "study.md").write_text(render(plan, sections, notes, command, last, a.threshold, made))
@@ -747,12 +742,7 @@ def study(a, command: str) -> int:
     for s in sections:
         for r in s.readings:
             print(f"  [{s.question}] {r.claim}: {r.verdict} ({r.why})")
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        print(f"{len(failed)} of {len(plan.jobs)} runs failed (logs: <run_dir>/train.log); re-run the same command "
-              "to retry them", file=sys.stderr)
-        return 1
-    return 0
+    return runner.failures(results)
 
 
 def command_line(argv: list[str]) -> str:

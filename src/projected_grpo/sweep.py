@@ -246,12 +246,9 @@ def sweep(a) -> int:
             "sandbox_workers": flags.sandbox_workers, "command": " ".join(sys.argv),
             "runs": [dataclasses.asdict(j) for j in jobs]}
     runner.write_json(out / "sweep.json", plan)
-    print(runner.describe("sweep", out, jobs, flags), flush=True)
-    if a.dry_run:
-        print(f"dry run: plan written to {out / 'sweep.json'}")
+    results = runner.run_verb("sweep", out, out / "sweep.json", jobs, flags, a.dry_run)
+    if results is None:
         return 0
-    results = runner.run_jobs(jobs, flags, "sweep")
-    print(runner.status_table(results))
 
     # --- the table and the plot over the whole sweep
     from .report import plot_cli, results_cli
@@ -265,9 +262,4 @@ def sweep(a) -> int:
         if table.is_file():
             print(table.read_text())
         rc |= plot_cli(have, str(out / "dynamics.png"))
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        print(f"{len(failed)} of {len(jobs)} runs failed (logs: <run_dir>/{runner.LOG_NAME}); "
-              f"re-run the same command to retry them", file=sys.stderr)
-        return 1
-    return rc
+    return runner.failures(results) or rc
