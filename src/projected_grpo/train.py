@@ -264,7 +264,6 @@ class Setup:
     pool: TeacherPool | None
     pairs: list[tuple[str, str, str, str]]
     grader: GraderPool
-    run_path: Path = Path(".")
     teacher_kinds: tuple[str, ...] = ()
     basis: HackBasis | None = None  # the run's V (matched_capture fits it in place at step 1)
     warm: dict | None = None  # warm start and prior probe (hack_prior...): the step-0 row's keys
@@ -384,6 +383,83 @@ def _mean(xs) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+# ---------------------------------------------------------------------------- records of a step
+@dataclass
+class Sample:
+    """One row of a GRPO group: a student sample or a teacher draw. A group is laid out
+    ``[Gs student | Gt teacher]`` by ``slot``; ``prompt`` is the step's global prompt index (0..P-1)."""
+
+    prompt: int
+    slot: int
+    problem_id: str
+    is_student: bool
+    completion_ids: list[int]  # student: up to and including EOS when it finished; teacher: its text + EOS
+    text: str
+    grade: dict  # the grader's Reward fields (teacher rows: frozen in the pool)
+    reward: float  # what the arm trains on (arm_reward): never gt_correct unless --grader strict
+    truncated: bool = False  # hit max_new_tokens without EOS
+
+    @property
+    def key(self) -> tuple[int, int]:  # global order of the batch
+        return self.prompt, self.slot
+
+
+@dataclass
+class RankPart:
+    """What each rank contributes to the step's metrics row (`dist.gather`): its own rows and sums."""
+
+    samples: list[Sample]
+    zero_var: list[bool]  # per group of this rank
+    loss: float  # this rank's share of the global loss
+    kl_sum: float  # Σ over backward rows of the per-row mean KL
+    kl_rows: int
+    n_tokens: int  # student tokens generated
+    gen_time: float
+    grade_time: float
+    capture_failed: int  # fast backend: decode batches that fell back to eager
+
+
+@dataclass
+class Updater:
+    """Gradient → knob update: the arm's projection (ALGO LOGIC), one clip over δS and δS_hack, AdamW,
+    the LR schedule, and the measurement (or, with --project-update, projection) of the applied update."""
+
+    projector: Projector
+    update_proj: UpdateProjector
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+
+    @classmethod
+    def build(cls, cfg: Config, adapter: SVDAdapter, V: dict) -> "Updater":
+        projector = Projector(adapter, V, cfg.intervention, cfg.gate, cfg.overshoot, cfg.preserve_magnitude)
+        opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return cls(projector, UpdateProjector(projector, cfg.project_update), opt,
+                   torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)))
+
+    def step(self, cfg: Config) -> dict:
+        """Project δS.grad (already all-reduced) for this arm, clip, step AdamW. Returns gn, cin, cout,
+        fired, cout_update."""
+        diag = self.projector.apply(modify=not cfg.project_update)  # ALGO LOGIC
+        params = [p for p in self.projector.adapter.parameters() if p.grad is not None]
+        gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+        before = self.update_proj.snapshot()
+        self.opt.step()
+        diag.update(self.update_proj.after(before))
+        self.opt.zero_grad(set_to_none=True)
+        return {"gn": gn, **diag}
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+
+
 # ---------------------------------------------------------------------------- the loop
 def train(cfg: Config, quiet: bool = False) -> Path:
     from tqdm.auto import tqdm
@@ -417,23 +493,18 @@ def train(cfg: Config, quiet: bool = False) -> Path:
             return run.path
         progress = Progress(None if quiet else f"[{cfg.arm} s{cfg.seed}]")
         s = setup(cfg, device, dtype, progress=progress)
-        s.run_path = run.path
-        # a resumed run continues with the basis it had (it may have been refreshed mid-run)
+        # --- the basis: a resumed run continues with the one it had (it may have been refreshed mid-run)
         if state is not None:
             basis = HackBasis.load(run.ckpt / "vhack.safetensors")
         else:  # rank 0 extracts; every rank projects with the identical basis
             with progress.step(f"hack subspace V ({cfg.vhack_source} basis, {len(s.pairs)} pairs)"):
                 basis = dist.broadcast(basis_for(cfg, s) if dist.is_main() else None)
         s.basis = basis
-        projector = Projector(s.adapter, basis.V, cfg.intervention, cfg.gate, cfg.overshoot, cfg.preserve_magnitude)
-        update_proj = UpdateProjector(projector, cfg.project_update)
-        opt = torch.optim.AdamW(s.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+        upd = Updater.build(cfg, s.adapter, basis.V)
         start = 0
         if state is not None:
             s.adapter.load(run.ckpt / "knobs.safetensors")
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
+            upd.load_state_dict(state)
             set_rng_state(state["rng"])
             start = state["step"]
         elif dist.is_main():
@@ -451,23 +522,25 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.arm} s{cfg.seed}",
                    disable=quiet, dynamic_ncols=True)
         for step in bar:
-            row = train_step(cfg, s, projector, update_proj, opt, sched, step)
+            t0 = time.perf_counter()
+            parts, diag = train_step(cfg, s, upd, step)
+            row = metrics_row(cfg, s, step, parts, diag, upd.lr, t0)
             if cfg.vhack_refresh_every and (step + 1) % cfg.vhack_refresh_every == 0 and step + 1 < cfg.steps:
                 new = dist.broadcast(basis_for(cfg, s) if dist.is_main() else None)  # δS_hack ablated
                 row["basis_overlap"] = new.overlap(basis)
                 basis = new
-                projector.set_basis(basis.V)
+                upd.projector.set_basis(basis.V)
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
                 if dist.is_main():
                     eval_status(bar, len(s.eval_problems))
                     row.update(evaluate(cfg, s, route=cfg.intervention == "route", step=step + 1))
                 dist.barrier()
             if dist.is_main():
-                with interrupts.deferred():  # Ctrl-C / SIGTERM wait until the row and its checkpoint are whole
+                with interrupts.deferred():  # Ctrl-C / SIGTERM wait until the rows and the checkpoint are whole
+                    write_samples(run.path, cfg, step, parts[0].samples)
                     run.append_metrics(row)
                     tracker.log(row, step)
-                    run.save_checkpoint(s.adapter, {"step": step + 1, "optimizer": opt.state_dict(),
-                                                    "scheduler": sched.state_dict(), "rng": rng_state(),
+                    run.save_checkpoint(s.adapter, {"step": step + 1, **upd.state_dict(), "rng": rng_state(),
                                                     "config_hash": cfg.hash()}, basis)
             bar.set_postfix(hack_s=_fmt(row.get("hack_s")), solve_s=_fmt(row.get("solve_s")), cin=_fmt(row.get("cin")))
         bar.close()
@@ -487,8 +560,9 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         run.release()
 
 
-def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateProjector, opt, sched, step: int) -> dict:
-    t0 = time.perf_counter()
+def train_step(cfg: Config, s: Setup, upd: Updater, step: int) -> tuple[list[RankPart], dict]:
+    """One GRPO step over the global batch. Returns every rank's part (in rank order) and the update's
+    diagnostics (cin_s, cin_t, cin, cout, fired, cout_update, gn; matched_capture's fit at step 1)."""
     P, G, Gs, Gt = cfg.prompts_per_step, cfg.group, cfg.student_per_group, cfg.teacher_per_group
     # --- 1. sample the step's prompts (same on every rank); this rank takes every world()-th one
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, "prompts"))
@@ -496,6 +570,7 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     mine = list(range(dist.rank(), len(chosen), dist.world()))  # global prompt indices
     problems = [s.train_problems[chosen[gi]] for gi in mine]
     prompts = [render_prompt(s.tokenizer, p, enable_thinking=cfg.enable_thinking) for p in problems]
+    prompt_ids = {gi: s.tokenizer(t, add_special_tokens=False)["input_ids"] for gi, t in zip(mine, prompts)}
     # --- 2. rollouts: student samples (knobs merged, no hook; one seed per completion) + teacher draws
     t_gen = time.perf_counter()
     with rollout_model(cfg, s) as model:
@@ -510,79 +585,75 @@ def train_step(cfg: Config, s: Setup, projector: Projector, update_proj: UpdateP
     t_grade = time.perf_counter()
     s_grades = s.grader.grade_many([(problems[i // Gs], roll.texts[i]) for i in range(len(roll.texts))]) if Gs else []
     grade_time = time.perf_counter() - t_grade
-    rows, records = [], []  # group layout per prompt: [Gs student | Gt teacher]
-    for pi, (p, gi) in enumerate(zip(problems, mine)):
+    samples = []
+    for pi, gi in enumerate(mine):
         for j in range(Gs):
-            k = pi * Gs + j
-            g = s_grades[k]
-            rows.append((roll.prompt_ids[k], roll.completion_ids[k]))
-            records.append((gi, j, True, arm_reward(cfg, g.to_dict(), roll.texts[k]), g.exploited, g.gt_correct,
-                            g.mechanism, roll.truncated[k]))
-        prompt_ids = s.tokenizer(prompts[pi], add_special_tokens=False)["input_ids"]
+            k, g = pi * Gs + j, s_grades[pi * Gs + j].to_dict()
+            samples.append(Sample(gi, j, problems[pi].id, True, roll.completion_ids[k], roll.texts[k], g,
+                                  arm_reward(cfg, g, roll.texts[k]), roll.truncated[k]))
         for j, tc in enumerate(teacher[pi]):
-            rows.append((prompt_ids, encode_completion(s.tokenizer, tc.completion)))
-            tg = tc.grade
-            records.append((gi, Gs + j, False, arm_reward(cfg, tg, tc.completion), tg["exploited"], tg["gt_correct"],
-                            tg["mechanism"], False))
-    if dist.is_main() and cfg.log_samples and Gs:  # a few raw samples: what the model actually wrote
-        with open(s.run_path / "samples.jsonl", "a") as f:
-            for k in range(min(cfg.log_samples, len(roll.texts))):
-                g = s_grades[k]
-                f.write(json.dumps({"step": step + 1, "problem_id": problems[k // Gs].id, "mode": g.mechanism,
-                                    "reward": g.reward, "passed": g.passed, "gt_correct": g.gt_correct,
-                                    "exploited": g.exploited, "truncated": roll.truncated[k],
-                                    "completion": roll.texts[k]}) + "\n")
+            samples.append(Sample(gi, Gs + j, problems[pi].id, False, encode_completion(s.tokenizer, tc.completion), tc.completion,
+                                  tc.grade, arm_reward(cfg, tc.grade, tc.completion)))
     # --- 4. advantages per group; zero-variance groups contribute nothing (only the reward is read)
-    R = torch.tensor([r[3] for r in records], dtype=torch.float32).view(len(problems), G)
-    adv, zero_var = advantages(R, cfg.advantage)
+    adv, zero_var = advantages(torch.tensor([x.reward for x in samples], dtype=torch.float32).view(len(mine), G),
+                               cfg.advantage)
     # --- 5. loss and backward (prompts shared within a source); knob gradients per source for the diagnostics
-    loss_val, kl_sum, by_src = backward(cfg, s, rows, adv.flatten(), [r[2] for r in records], n_total=P * G)
+    loss_val, kl_sum, kl_rows, by_src = backward(cfg, s, prompt_ids, samples, adv.flatten(), n_total=P * G)
+    # --- 6. all-reduce knob gradients and per-source sums: every rank now holds the global batch's
     names = list(s.adapter.modules)
-    g_src = [by_src[src][n] for src in ("student", "teacher") for n in names]
-    # --- 6. all-reduce knob gradients and diagnostic sums: every rank now holds the global batch's
-    grads = [m.delta_s.grad for m in s.adapter.modules.values()]
-    dist.all_reduce_(grads + g_src)
+    dist.all_reduce_([m.delta_s.grad for m in s.adapter.modules.values()] + [by_src[k][n] for k in by_src for n in names])
     for m in s.adapter.modules.values():  # δS_hack gets a gradient only by routing
         m.delta_s_hack.grad = None
-    diag_src = {}
-    for i, key in enumerate(("cin_s", "cin_t")):
-        has_rows = (Gs if key == "cin_s" else Gt) > 0
-        diag_src[key] = projector.cin(dict(zip(names, g_src[i * len(names):(i + 1) * len(names)]))) if has_rows else None
+    diag = {f"cin_{k[0]}": upd.projector.cin(by_src[k]) if n_rows else None
+            for k, n_rows in (("student", Gs), ("teacher", Gt))}
     if step == 0 and cfg.vhack_source == "matched_capture":  # the control is fitted to the step-1 gradient
-        diag_src.update(fit_capture(s.basis, {n: m.delta_s.grad for n, m in s.adapter.modules.items()}))
-        projector.set_basis(s.basis.V)
-    # --- 7. the projection for this arm  # ALGO LOGIC
-    diag = projector.apply(modify=not cfg.project_update)
-    # --- 8. one clip over δS and δS_hack, AdamW, schedule; measure (or project) the applied update
-    params = [p for p in s.adapter.parameters() if p.grad is not None]
-    gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
-    before = update_proj.snapshot()
-    opt.step()
-    sched.step()
-    diag.update(update_proj.after(before))
-    opt.zero_grad(set_to_none=True)
-    # --- metrics row over the global batch, in global order
-    parts = dist.gather((records, zero_var.tolist(), loss_val, kl_sum, roll.n_tokens, gen_time, grade_time,
-                         roll.capture_failed))
-    records = sorted(r for part in parts for r in part[0])
-    st, te = [r for r in records if r[2]], [r for r in records if not r[2]]
+        diag.update(fit_capture(s.basis, {n: m.delta_s.grad for n, m in s.adapter.modules.items()}))
+        upd.projector.set_basis(s.basis.V)
+    # --- 7. the projection for this arm, one clip, AdamW, schedule  # ALGO LOGIC
+    diag.update(upd.step(cfg))
+    upd.sched.step()
+    part = RankPart(samples, zero_var.tolist(), loss_val, kl_sum, kl_rows, roll.n_tokens, gen_time, grade_time,
+                    roll.capture_failed)
+    diag.update(v_auc_metrics(cfg, s, [prompts[k // Gs] for k in range(len(roll.texts))], roll.texts,
+                              [g.exploited for g in s_grades], step))  # how well V separates this step's samples
+    return dist.gather(part), diag
+
+
+def metrics_row(cfg: Config, s: Setup, step: int, parts: list[RankPart], diag: dict, lr: float, t0: float) -> dict:
+    """The step's metrics row over the global batch (every rank's part, in global order)."""
+    rows = sorted((x for part in parts for x in part.samples), key=lambda x: x.key)
+    st, te = [x for x in rows if x.is_student], [x for x in rows if not x.is_student]
     dS, dSh = s.adapter.norms()
-    kl_total, kl_rows = sum(p[3][0] for p in parts), sum(p[3][1] for p in parts)
-    gen_time, n_tok = max(p[5] for p in parts), sum(p[4] for p in parts)
-    row = {"step": step + 1, "reward": _mean(r[3] for r in records),
-           "hack_s": _mean(r[4] for r in st), "solve_s": _mean(r[5] for r in st),
-           "hack_t": _mean(r[4] for r in te), "solve_t": _mean(r[5] for r in te),
-           "frac_zero_var": _mean(z for p in parts for z in p[1]), "frac_truncated": _mean(r[7] for r in st) or 0.0,
-           "loss": sum(p[2] for p in parts), "kl": kl_total / kl_rows if kl_rows else 0.0, "gn": gn,
-           **diag_src, **diag, "dS": dS, "dSh": dSh, "lr": sched.get_last_lr()[0]}
+    kl_rows, gen_time = sum(p.kl_rows for p in parts), max(p.gen_time for p in parts)
+    n_tok = sum(p.n_tokens for p in parts)
+    diag = dict(diag)
+    gn = diag.pop("gn")
+    row = {"step": step + 1, "reward": _mean(x.reward for x in rows),
+           "hack_s": _mean(x.grade["exploited"] for x in st), "solve_s": _mean(x.grade["gt_correct"] for x in st),
+           "hack_t": _mean(x.grade["exploited"] for x in te), "solve_t": _mean(x.grade["gt_correct"] for x in te),
+           "frac_zero_var": _mean(z for p in parts for z in p.zero_var),
+           "frac_truncated": _mean(x.truncated for x in st) or 0.0, "loss": sum(p.loss for p in parts),
+           "kl": sum(p.kl_sum for p in parts) / kl_rows if kl_rows else 0.0, "gn": gn,
+           **diag, "dS": dS, "dSh": dSh, "lr": lr}
     for mode in cfg.modes:
-        row[f"hack_s_{mode}"] = sum(1 for r in st if r[4] and r[6] == mode)
-    row.update(step_time_s=time.perf_counter() - t0, gen_time_s=gen_time, grade_time_s=max(p[6] for p in parts),
+        row[f"hack_s_{mode}"] = sum(1 for x in st if x.grade["exploited"] and x.grade["mechanism"] == mode)
+    row.update(step_time_s=time.perf_counter() - t0, gen_time_s=gen_time, grade_time_s=max(p.grade_time for p in parts),
                tokens_per_s=n_tok / gen_time if gen_time > 0 and n_tok else None,
-               rollout_capture_failed=sum(p[7] for p in parts))  # fast backend fell back to eager decoding
-    row.update(v_auc_metrics(cfg, s, [prompts[k // Gs] for k in range(len(roll.texts))], roll.texts,
-                             [g.exploited for g in s_grades], step))  # how well V separates this step's samples
+               rollout_capture_failed=sum(p.capture_failed for p in parts))  # fast backend fell back to eager decoding
     return row
+
+
+def write_samples(run_path: Path, cfg: Config, step: int, samples: list[Sample]) -> None:
+    """A few raw student samples of rank 0 into samples.jsonl: what the model actually wrote, with its grade."""
+    student = [x for x in samples if x.is_student][:cfg.log_samples]
+    if not student:
+        return
+    with open(run_path / "samples.jsonl", "a") as f:
+        for x in student:
+            g = x.grade
+            f.write(json.dumps({"step": step + 1, "problem_id": x.problem_id, "mode": g["mechanism"], "reward": g["reward"],
+                                "passed": g["passed"], "gt_correct": g["gt_correct"], "exploited": g["exploited"],
+                                "truncated": x.truncated, "completion": x.text}) + "\n")
 
 
 def arm_reward(cfg: Config, grade: dict, completion: str) -> float:
@@ -604,26 +675,28 @@ def draw_teacher(s: Setup, problem: Problem, n: int, seed: int) -> list:
     return [cands[int(i)] for i in torch.randint(len(cands), (n,), generator=gen)]
 
 
-def backward(cfg: Config, s: Setup, rows: list, adv: torch.Tensor, student: list[bool], n_total: int):
+def backward(cfg: Config, s: Setup, prompt_ids: dict[int, list[int]], samples: list[Sample], adv: torch.Tensor,
+             n_total: int):
     """Micro-batched forward/backward of the GRPO loss over this rank's rows with nonzero advantage
     (all rows when the KL term is on); ``n_total`` rows in the global batch set the denominator.
+    ``prompt_ids`` maps a row's ``prompt`` to its token ids; ``adv`` (len(samples),).
 
     Micro-batches never mix sources and hold whole groups where they fit, so each prompt runs through
     the model once per source (`shared_prefix_logprobs`); the sources run one after the other, so
     ``δS.grad`` after the student rows is the student's sum and the rest is the teacher's.
-    Returns (loss share, (kl sum, rows), {source: {module: (r,)}})."""
+    Returns (loss share, kl sum, kl rows, {source: {module: (r,)}})."""
     device = next(iter(s.adapter.modules.values())).delta_s.device
-    keep = [i for i in range(len(rows)) if cfg.beta > 0 or adv[i] != 0]
+    keep = [i for i in range(len(samples)) if cfg.beta > 0 or adv[i] != 0]
     mods = s.adapter.modules
     for m in mods.values():  # a rank whose rows all have zero advantage still all-reduces
         m.delta_s.grad = torch.zeros_like(m.delta_s)
     loss_sum, kl_sum = 0.0, 0.0
     for src in ("student", "teacher"):
-        for ids in _micro_batches([i for i in keep if student[i] == (src == "student")], rows, cfg.micro_batch,
-                                  cfg.grad_checkpointing):
-            prompts = list(dict.fromkeys(tuple(rows[i][0]) for i in ids))
-            pairs = [(prompts.index(tuple(rows[i][0])), rows[i][1]) for i in ids]
-            prompts = [list(p) for p in prompts]
+        for ids in _micro_batches([i for i in keep if samples[i].is_student == (src == "student")], samples,
+                                  prompt_ids, cfg.micro_batch, cfg.grad_checkpointing):
+            uniq = list(dict.fromkeys(samples[i].prompt for i in ids))  # this chunk's prompts, first-seen order
+            prompts = [prompt_ids[u] for u in uniq]
+            pairs = [(uniq.index(samples[i].prompt), samples[i].completion_ids) for i in ids]
             a = adv[ids].to(device)
             ref = None
             if cfg.beta > 0:
@@ -640,20 +713,22 @@ def backward(cfg: Config, s: Setup, rows: list, adv: torch.Tensor, student: list
         if src == "student":
             g_student = {n: m.delta_s.grad.clone() for n, m in mods.items()}
     g_src = {"student": g_student, "teacher": {n: m.delta_s.grad - g_student[n] for n, m in mods.items()}}
-    return loss_sum, (kl_sum, len(keep)), g_src
+    return loss_sum, kl_sum, len(keep), g_src
 
 
-def _micro_batches(ids: list[int], rows: list, size: int, one_pass: bool) -> list[list[int]]:
+def _micro_batches(ids: list[int], samples: list[Sample], prompt_ids: dict[int, list[int]], size: int,
+                   one_pass: bool) -> list[list[int]]:
     """Row indices in chunks of at most ``size``, rows of one prompt kept together where they fit.
     ``one_pass`` (gradient checkpointing: no KV cache) falls back to plain length-sorted chunks."""
+    plen = lambda i: len(prompt_ids[samples[i].prompt])  # noqa: E731
     if one_pass:
-        ids = sorted(ids, key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+        ids = sorted(ids, key=lambda i: plen(i) + len(samples[i].completion_ids))
         return [ids[k:k + size] for k in range(0, len(ids), size)]
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[int, list[int]] = {}
     for i in ids:
-        groups.setdefault(tuple(rows[i][0]), []).append(i)
+        groups.setdefault(samples[i].prompt, []).append(i)
     out, cur = [], []
-    for g in sorted(groups.values(), key=lambda g: len(rows[g[0]][0])):  # like prompt lengths together
+    for g in sorted(groups.values(), key=lambda g: plen(g[0])):  # like prompt lengths together
         for k in range(0, len(g), size):
             piece = g[k:k + size]
             if len(cur) + len(piece) > size:
