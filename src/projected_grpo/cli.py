@@ -25,6 +25,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from . import rundir
 from .config import PRESETS, ConfigError, parse_args as _cli, parse_config  # noqa: F401 (re-exported)
 
 
@@ -75,7 +76,7 @@ def cmd_demo(argv: list[str]) -> int:
     for arm in ("none", "erase", "route"):
         # every arm evaluates step 0; its completions are generated once (the untrained model is the same)
         cfg = dataclasses.replace(base, intervention=arm, seed=args.seed, run_dir=f"{args.out}/{arm}",
-                                  resume=args.resume and Path(args.out, arm, "config.json").exists(), force=args.force,
+                                  resume=args.resume and rundir.is_run(Path(args.out, arm)), force=args.force,
                                   **over)
         runs.append(str(train(cfg)))
     table = Path(args.out) / "results.md"

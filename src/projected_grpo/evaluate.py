@@ -354,7 +354,8 @@ def eval_command(a) -> int:
     import torch
 
     from .adapter import SVDAdapter
-    from .config import LOOPHOLE_MODES, Config, ConfigError, config_from_dict
+    from . import rundir
+    from .config import LOOPHOLE_MODES, Config, ConfigError
     from .env.grader import GraderPool
     from .env.problems import DATA_SEED, load_problems, split_problems
     from .models import load_model, resolve_device
@@ -367,17 +368,14 @@ def eval_command(a) -> int:
         raise ConfigError(f"--max-new-tokens must be positive, got {a.max_new_tokens}")
     if a.run is None and a.model is None:
         raise ConfigError("give --model M (a base model) or --run RUN_DIR (a trained run)")
-    cfg, knobs = None, None
+    cfg = None
     if a.run is not None:
         run = Path(a.run)
-        knobs = run / "ckpt" / "knobs.safetensors"
-        if not (run / "config.json").is_file() or not knobs.is_file():
-            raise ConfigError(f"--run {run}: not a run directory with a checkpoint (need config.json and "
-                              f"ckpt/knobs.safetensors)")
         try:
-            cfg = config_from_dict(json.loads((run / "config.json").read_text())["config"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ConfigError(f"{run / 'config.json'} is not a readable run config ({e})") from None
+            rundir.knob_file(run)
+        except ConfigError as e:
+            raise ConfigError(f"--run {e}") from None
+        cfg = rundir.read_config(run)[1]
         if a.model is not None and a.model != cfg.model:
             raise ConfigError(f"--model {a.model} differs from the run's model {cfg.model}; drop --model or pick "
                               f"the run's")
@@ -405,14 +403,11 @@ def eval_command(a) -> int:
     route = False
     note = (lambda m: None) if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if cfg is not None:
-        from safetensors import safe_open
-
-        with safe_open(str(knobs), "pt") as f:  # the dtype the knobs were trained on
-            dtype = getattr(torch, (f.metadata() or {}).get("dtype", str(dtype).removeprefix("torch.")))
+        dtype = getattr(torch, rundir.knob_dtype(a.run, str(dtype).removeprefix("torch.")))  # the knobs' own dtype
         note(f"loading {model_name} + the knobs of {a.run}")
         model, tok = load_model(model_name, dtype, device)
         adapter = SVDAdapter.attach(model, cfg.target_modules, cfg.layers, cfg.adapter_rank)
-        adapter.load(knobs)
+        rundir.restore(a.run, adapter)
         route = cfg.intervention == "route"
     else:
         note(f"loading {model_name}")
@@ -451,6 +446,8 @@ def eval_command(a) -> int:
 def start_end_table(run_dirs: Sequence[str | Path]) -> str:
     """Markdown: per run, held-out hack and solve with their 95 % intervals at the first and the last
     evaluation (route: also δS_hack ablated), read from metrics.jsonl."""
+    from . import rundir
+
     def cell(row: dict, key: str) -> str:
         v, lo, hi = row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi")
         if v is None:
@@ -462,8 +459,7 @@ def start_end_table(run_dirs: Sequence[str | Path]) -> str:
     for d in run_dirs:
         d = Path(d)
         try:
-            meta = json.loads((d / "config.json").read_text())
-            rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            meta, rows = json.loads((d / rundir.CONFIG).read_text()), rundir.read_metrics(d)
         except (OSError, json.JSONDecodeError):
             continue
         evals = [r for r in rows if "hack_kept" in r]

@@ -43,7 +43,9 @@ def check_checkpoint(ckpt: Path) -> None:
     one line, instead of after the model load). Data bytes carry no checksum: only the layout is checked."""
     from safetensors import safe_open
 
-    for name in ("knobs.safetensors", "vhack.safetensors"):
+    from .rundir import KNOBS, VHACK
+
+    for name in (KNOBS, VHACK):
         f = ckpt / name
         try:
             with safe_open(str(f), "pt") as h:

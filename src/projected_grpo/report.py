@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, NamedTuple, Sequence
 
-from . import stats
+from . import rundir, stats
 from .errors import UserError
 
 Fmt = Literal["md", "csv", "json"]
@@ -111,51 +111,40 @@ def _read_json(path: Path) -> Any:
 def load_run(path: str | Path) -> Run:
     """Read one run directory; raises ReportError naming the file (and line) that is wrong."""
     p = Path(path)
-    if not (p / "config.json").is_file():
-        raise ReportError(f"{p}: not a run directory (no config.json)")
-    meta = _read_json(p / "config.json")
+    if not rundir.is_run(p):
+        raise ReportError(f"{p}: not a run directory (no {rundir.CONFIG})")
+    meta = _read_json(p / rundir.CONFIG)
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        raise ReportError(f"{p / 'config.json'}: expected an object with a 'config' object")
+        raise ReportError(f"{p / rundir.CONFIG}: expected an object with a 'config' object")
     for k in ("hash", "match_hash"):
         if not isinstance(meta.get(k), str):
-            raise ReportError(f"{p / 'config.json'}: missing '{k}'")
+            raise ReportError(f"{p / rundir.CONFIG}: missing '{k}'")
     cfg = meta["config"]
     run = Run(path=p, config=cfg, hash=meta["hash"], match_hash=meta["match_hash"], arm="", seed=0, rows=[],
               summary=None)
     run.arm = str(meta.get("arm") or (run.intervention if run.source == "real" else f"{run.intervention}-{run.source}"))
     if not isinstance(cfg.get("seed", 0), int):
-        raise ReportError(f"{p / 'config.json'}: seed must be an integer, got {cfg.get('seed')!r}")
+        raise ReportError(f"{p / rundir.CONFIG}: seed must be an integer, got {cfg.get('seed')!r}")
     run.seed = int(cfg.get("seed", 0))
-    run.rows = _read_metrics(p / "metrics.jsonl", run.notes)
-    if (p / "summary.json").is_file():
-        run.summary = _read_json(p / "summary.json")
+    run.rows = _read_metrics(p / rundir.METRICS, run.notes)
+    if rundir.is_done(p):
+        run.summary = _read_json(p / rundir.SUMMARY)
     return run
 
 
 def _read_metrics(path: Path, notes: list[str]) -> list[dict]:
     if not path.is_file():
-        notes.append(f"{path.parent.name}: no metrics.jsonl")
+        notes.append(f"{path.parent.name}: no {rundir.METRICS}")
         return []
-    text = path.read_text()
-    lines = text.splitlines()
-    by_step: dict[int, dict] = {}
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines) and not text.endswith("\n"):  # a killed writer's partial last line
-                notes.append(f"{path}: skipped a partial last line {i}")
-                continue
-            raise ReportError(f"{path}: malformed JSON at line {i}: {e.msg}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            raise ReportError(f"{path}: line {i} is not an object with an integer 'step'")
+    try:  # a killed writer's partial last line is skipped (noted); any other bad line is an error
+        rows = rundir.read_metrics(path.parent, strict=True, notes=notes)
+    except rundir.RunDirError as e:
+        raise ReportError(str(e)) from None
+    for row in rows:
         for old, new in RENAMED.items():  # run dirs written before the rename read the same
             if old in row and new not in row:
                 row[new] = row.pop(old)
-        by_step[row["step"]] = row  # keep the last row per step
-    return [by_step[s] for s in sorted(by_step)]
+    return rows
 
 
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
@@ -165,12 +154,12 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
         p = Path(raw)
         if not p.exists():
             raise ReportError(f"{p}: no such file or directory")
-        if (p / "config.json").is_file():
+        if rundir.is_run(p):
             found[p.resolve()] = None
             continue
         if not p.is_dir():
             raise ReportError(f"{p}: not a run directory (no config.json)")
-        below = sorted({c.parent for c in p.rglob("config.json") if _looks_like_run(c)})
+        below = sorted({c.parent for c in p.rglob(rundir.CONFIG) if _looks_like_run(c)})
         below = [d for d in below if not any(a in below for a in d.parents)]  # skip run dirs' insides
         if not below:
             raise ReportError(f"{p}: not a run directory and holds none (no config.json below it)")

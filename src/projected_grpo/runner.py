@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import rundir
 from .config import Config, ConfigError
 
 LOG_NAME = "train.log"
@@ -71,21 +72,18 @@ class Result:
 def status_of(job: Job) -> str:
     """`skip` (finished: summary.json), `resume` (started: metrics or a checkpoint, no summary) or `fresh`
     (nothing yet, or only the config.json written at plan time)."""
-    d = Path(job.run_dir)
-    if (d / "summary.json").is_file():
-        return "skip"
-    started = (d / "metrics.jsonl").exists() or (d / "ckpt" / "state.pt").exists() or (d / "ckpt.old").exists()
-    return "resume" if started else "fresh"
+    st = rundir.status(job.run_dir)
+    return "skip" if st == "done" else st
 
 
 def write_config(job: Job) -> None:
     """`<run_dir>/config.json` of a run not started yet (atomic; a started run's file is left as it is)."""
     d = Path(job.run_dir)
-    if status_of(job) != "fresh" and (d / "config.json").is_file():
+    if status_of(job) != "fresh" and rundir.is_run(d):
         return
     d.mkdir(parents=True, exist_ok=True)
     cfg = job.config
-    write_json(d / "config.json", {"config": cfg.to_dict(), "hash": cfg.hash(), "match_hash": cfg.match_hash(),
+    write_json(d / rundir.CONFIG, {"config": cfg.to_dict(), "hash": cfg.hash(), "match_hash": cfg.match_hash(),
                                    "arm": cfg.arm}, indent=1)
 
 
@@ -97,7 +95,7 @@ def write_json(path: Path, obj, indent: int = 2) -> None:
 
 
 def train_argv(job: Job, sandbox_workers: int, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "projected_grpo.cli", "train", "--config", str(Path(job.run_dir) / "config.json"),
+    return [sys.executable, "-m", "projected_grpo.cli", "train", "--config", str(Path(job.run_dir) / rundir.CONFIG),
             "--run-dir", job.run_dir, "--sandbox-workers", str(sandbox_workers), *(["--resume"] if resume else [])]
 
 
@@ -135,7 +133,7 @@ def launch(job: Job, sandbox_workers: int, env: dict | None = None, cwd: str | N
 
 def outcome(job: Job, returncode: int, resumed: bool, seconds: float) -> Result:
     """The Result of a finished subprocess: failed unless it exited 0 and wrote summary.json."""
-    if returncode == 0 and (Path(job.run_dir) / "summary.json").is_file():
+    if returncode == 0 and rundir.is_done(job.run_dir):
         return Result(job, "resumed" if resumed else "done", seconds)
     if returncode < 0:
         why = f"killed by {signal.Signals(-returncode).name if -returncode in signal.valid_signals() else -returncode}"

@@ -38,7 +38,7 @@ from .config import PRESETS, ConfigError
 from .env.problems import DATA_SEED  # noqa: F401 (the trainer's split seed; a test pins it)
 from . import stats
 from .report import Delta, MeanSE, Paired, Run, _fmt, _jsonable, evaluated, hack_solve, load_run, md_table, mean_se
-from . import runner
+from . import rundir, runner
 from .runner import Job
 from .sweep import Grid, expand, job_config, parse_assignments
 
@@ -552,7 +552,7 @@ def build(plan: Plan, last: int, threshold: float) -> tuple[list[Section], list[
     notes = list(plan.notes)
     missing = []
     for name, job in plan.jobs.items():
-        if (Path(job.run_dir) / "summary.json").is_file():
+        if rundir.is_done(job.run_dir):
             runs[name] = load_run(job.run_dir)
         else:
             missing.append(name)
@@ -664,7 +664,7 @@ def plots(plan: Plan, sections: list[Section]) -> dict[str, str]:
             if s.rows and _lomo_plot(s, plan.out / "lomo.png"):
                 made["lomo"] = "lomo.png"
             continue
-        dirs = [d for d in s.run_dirs if (Path(d) / "config.json").is_file()]
+        dirs = [d for d in s.run_dirs if rundir.is_run(d)]
         if not dirs:
             continue
         try:

@@ -41,7 +41,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import runner
+from . import rundir, runner
 from .config import PRESETS, Config, ConfigError, Intervention, VhackSource, config_from_dict, expand_user
 from .runner import Job
 
@@ -253,7 +253,7 @@ def sweep(a) -> int:
     # --- the table and the plot over the whole sweep
     from .report import plot_cli, results_cli
 
-    have = [j.run_dir for j in jobs if (Path(j.run_dir) / "config.json").is_file()]
+    have = [j.run_dir for j in jobs if rundir.is_run(j.run_dir)]
     rc = 0
     if have:
         table = out / "results.md"

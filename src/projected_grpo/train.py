@@ -1,7 +1,9 @@
 """The GRPO training loop with a gradient-level intervention, readable top to bottom.
 
-``train(cfg)`` → run directory with ``config.json``, ``metrics.jsonl``, ``vhack.safetensors``,
-``ckpt/`` (knobs, optimizer, scheduler, RNG states, step, V) and ``summary.json``.
+``train(cfg)`` → a run directory (its layout, writers and checkpoint: rundir.py). A step is
+``train_step`` (rollouts → grades → advantages → backward → all-reduce → projection → AdamW), its
+rows are `Sample` records, what ranks gather is a `RankPart`, the update is an `Updater`; the metrics
+row (`metrics_row`) and samples.jsonl (`sample_rows`) are assembled by `train`, outside the step.
 
 Departures and choices (see also grpo.py):
   - the problem split and mode partition use a fixed data seed (0), so every seed of a config trains
@@ -14,12 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import random
-import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from . import distributed as dist
 from . import interrupts
 from . import warmstart
 from .adapter import SVDAdapter
-from .config import Config, ConfigError, config_from_dict
+from .config import Config, ConfigError
 from .env.grader import GraderPool, extract_code
 from .env.pool import TeacherPool, make_pairs
 from .env.problems import DATA_SEED, Problem, run_split  # noqa: F401 (DATA_SEED: train.DATA_SEED stays importable)
@@ -44,8 +43,9 @@ from .preflight import check_checkpoint, preflight
 from .progress import Progress, eval_status
 from .projection import Projector, UpdateProjector
 from .rollout import generate
-from .separation import v_auc_metrics
+from .rundir import RunDir, is_done
 from .sampling import derive_seed  # noqa: F401  (train.derive_seed stays importable)
+from .separation import v_auc_metrics
 from .teachers import teacher_pool
 from .tracking import make_tracker
 
@@ -60,182 +60,6 @@ def set_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-
-
-# ---------------------------------------------------------------------------- run directory
-class RunDir:
-    """Atomic writes of config, metrics, checkpoints and summary; one writer at a time (``lock``)."""
-
-    LOCK = ".lock"
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.metrics = path / "metrics.jsonl"
-        self.ckpt = path / "ckpt"
-        self._lock_fd: int | None = None
-
-    def lock(self) -> None:
-        """Exclusive ``flock`` on ``<run>/.lock`` for this process's training, or ConfigError naming the holder.
-        The kernel drops the lock when its holder dies (even by SIGKILL), so a lock file left by a dead
-        process never blocks: only a live writer does."""
-        import fcntl
-
-        fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise ConfigError(f"{self.path} is in use by another training ({holder}); wait for it to end or pick "
-                              f"another --run-dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
-        self._lock_fd = fd
-
-    def release(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor drops the flock; the file stays (harmless)
-            self._lock_fd = None
-
-    @classmethod
-    def open(cls, cfg: Config, write: bool = True) -> tuple["RunDir", dict | None]:
-        """Create the run dir, or reopen it for --resume. Returns (run, checkpoint state or None).
-        ``write=False`` (data-parallel ranks > 0): only read what rank 0 prepared."""
-        path = Path(cfg.run_dir or f"runs/{cfg.arm}-s{cfg.seed}-{cfg.hash()}")
-        run = cls(path)
-        if not write:
-            return run, run.load_state()
-        saved = path / "config.json"
-        if cfg.resume and not saved.exists():  # a mistyped path must not silently start a fresh run
-            raise ConfigError(f"--resume {path}: no run there (no config.json); check the path, or drop --resume "
-                              f"to start a new run")
-        path.mkdir(parents=True, exist_ok=True)
-        run.lock()  # before reading anything: a second writer must not touch the files
-        try:
-            return run, run._prepare(cfg)
-        except BaseException:
-            run.release()
-            raise
-
-    def _prepare(self, cfg: Config) -> dict | None:
-        run, path, saved = self, self.path, self.path / "config.json"
-        started = (run.ckpt / "state.pt").exists() or (path / "ckpt.old").exists() or run.metrics.exists()
-        if saved.exists() and not cfg.resume and started:
-            raise ConfigError(f"{path} already holds a run; pass --resume to continue it or pick another --run-dir")
-        if saved.exists() and started:  # a run that never reached its first step is simply redone
-            try:
-                old = config_from_dict(json.loads(saved.read_text())["config"])
-            except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
-                raise ConfigError(f"{saved} is not a readable run config ({e}); pick another --run-dir") from None
-            if old.hash() != cfg.hash() or old.seed != cfg.seed:
-                diff = [k for k, v in cfg.to_dict().items() if old.to_dict().get(k) != v
-                        and k not in ("resume", "force", "run_dir", "preset", "tracker", "sandbox_workers")]
-                if not cfg.force:
-                    raise ConfigError(f"{path} was made with another config (differs in {diff}); "
-                                      f"refusing to resume (--force to override)")
-        old_ckpt = path / "ckpt.old"
-        if not run.ckpt.exists() and old_ckpt.exists():  # killed between the two renames of save_checkpoint
-            old_ckpt.rename(run.ckpt)
-        state = run.load_state()
-        if state is None and run.metrics.exists():
-            run.metrics.unlink()  # killed before the first checkpoint: start over
-            (path / "samples.jsonl").unlink(missing_ok=True)
-        if not saved.exists() or cfg.force or not started:
-            run.write_json("config.json", {"config": cfg.to_dict(), "hash": cfg.hash(), "match_hash": cfg.match_hash(),
-                                           "arm": cfg.arm, "versions": _versions(), "command": " ".join(sys.argv),
-                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        if state is not None:  # drop metric rows written after the checkpoint
-            rows = run.read_metrics()
-            run.rewrite_metrics([r for r in rows if r["step"] <= state["step"]])
-            samples = path / "samples.jsonl"
-            if samples.exists():
-                kept = [ln for ln in samples.read_text().splitlines() if ln.strip() and _complete_row(ln, state["step"])]
-                samples.write_text("".join(ln + "\n" for ln in kept))
-        elif cfg.resume:
-            print(f"{path}: no checkpoint yet (stopped before its first step); starting from step 0", file=sys.stderr)
-        return state
-
-    def load_state(self) -> dict | None:
-        f = self.ckpt / "state.pt"
-        if not f.exists():
-            return None
-        try:  # on CPU first: a GPU checkpoint resumes anywhere, every rank loads its own copy
-            return torch.load(f, weights_only=False, map_location="cpu")
-        except Exception as e:  # noqa: BLE001 - any unreadable pickle is the same user-facing problem
-            raise ConfigError(f"{f} is unreadable ({type(e).__name__}); the checkpoint is corrupt: restore it, or "
-                              f"delete {self.path} (or pick another --run-dir) to start over") from None
-
-    def write_json(self, name: str, obj) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-        tmp.replace(self.path / name)
-
-    def append_metrics(self, row: dict) -> None:
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(row, default=_json_default) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def read_metrics(self) -> list[dict]:
-        if not self.metrics.exists():
-            return []
-        rows = []
-        for line in self.metrics.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill; its step is redone after the checkpoint
-        return rows
-
-    def rewrite_metrics(self, rows: list[dict]) -> None:
-        tmp = self.path / ".metrics.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(self.metrics)
-
-    def save_checkpoint(self, adapter: SVDAdapter, state: dict, basis: HackBasis) -> None:
-        tmp = self.path / "ckpt.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        adapter.save(tmp / "knobs.safetensors")
-        basis.save(tmp / "vhack.safetensors")
-        torch.save(state, tmp / "state.pt")
-        old = self.path / "ckpt.old"
-        if self.ckpt.exists():
-            self.ckpt.rename(old)
-        tmp.rename(self.ckpt)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _complete_row(line: str, max_step: int) -> bool:
-    try:
-        return json.loads(line)["step"] <= max_step
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return False  # a line cut by a kill
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, torch.Tensor):
-        return o.item() if o.numel() == 1 else o.tolist()
-    return str(o)
-
-
-def _versions() -> dict:
-    import transformers
-
-    v = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
-    try:
-        from . import __version__
-
-        v["projected_grpo"] = __version__
-        import subprocess
-
-        v["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                  cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except Exception:
-        pass
-    return v
 
 
 def rng_state() -> dict:
@@ -487,28 +311,24 @@ def train(cfg: Config, quiet: bool = False) -> Path:
     try:  # from here on the run dir is locked (rank 0): released in the finally, whatever happens
         if state is not None:
             check_checkpoint(run.ckpt)  # before the model load
-        if state is not None and state["step"] >= cfg.steps and (run.path / "summary.json").exists():
+        if state is not None and state["step"] >= cfg.steps and is_done(run.path):
             if not quiet:
                 print(f"{run.path}: already complete")
             return run.path
         progress = Progress(None if quiet else f"[{cfg.arm} s{cfg.seed}]")
         s = setup(cfg, device, dtype, progress=progress)
-        # --- the basis: a resumed run continues with the one it had (it may have been refreshed mid-run)
-        if state is not None:
-            basis = HackBasis.load(run.ckpt / "vhack.safetensors")
+        if state is not None:  # knobs and basis of the checkpoint (V may have been refreshed mid-run)
+            basis = run.restore(s.adapter)
         else:  # rank 0 extracts; every rank projects with the identical basis
             with progress.step(f"hack subspace V ({cfg.vhack_source} basis, {len(s.pairs)} pairs)"):
                 basis = dist.broadcast(basis_for(cfg, s) if dist.is_main() else None)
-        s.basis = basis
-        upd = Updater.build(cfg, s.adapter, basis.V)
-        start = 0
+            if dist.is_main():
+                run.save_basis(basis)
+        s.basis, upd, start = basis, Updater.build(cfg, s.adapter, basis.V), 0
         if state is not None:
-            s.adapter.load(run.ckpt / "knobs.safetensors")
             upd.load_state_dict(state)
             set_rng_state(state["rng"])
             start = state["step"]
-        elif dist.is_main():
-            basis.save(run.path / "vhack.safetensors")
         tracker = make_tracker(cfg.tracker if dist.is_main() else "none", run.path, cfg.to_dict())
         if (cfg.eval_at_start or s.warm) and start == 0:  # the untrained model's numbers: a row at step 0
             if dist.is_main():
@@ -537,7 +357,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
                 dist.barrier()
             if dist.is_main():
                 with interrupts.deferred():  # Ctrl-C / SIGTERM wait until the rows and the checkpoint are whole
-                    write_samples(run.path, cfg, step, parts[0].samples)
+                    run.append_samples(sample_rows(cfg, step, parts[0].samples))
                     run.append_metrics(row)
                     tracker.log(row, step)
                     run.save_checkpoint(s.adapter, {"step": step + 1, **upd.state_dict(), "rng": rng_state(),
@@ -546,9 +366,9 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         bar.close()
         tracker.close()
         if dist.is_main():
-            basis.save(run.path / "vhack.safetensors")
+            run.save_basis(basis)
             summary = summarize(cfg, run.read_metrics())
-            run.write_json("summary.json", summary)
+            run.write_summary(summary)
             if not quiet:
                 print_summary(cfg, run.path, summary)
         dist.barrier()
@@ -643,17 +463,12 @@ def metrics_row(cfg: Config, s: Setup, step: int, parts: list[RankPart], diag: d
     return row
 
 
-def write_samples(run_path: Path, cfg: Config, step: int, samples: list[Sample]) -> None:
-    """A few raw student samples of rank 0 into samples.jsonl: what the model actually wrote, with its grade."""
-    student = [x for x in samples if x.is_student][:cfg.log_samples]
-    if not student:
-        return
-    with open(run_path / "samples.jsonl", "a") as f:
-        for x in student:
-            g = x.grade
-            f.write(json.dumps({"step": step + 1, "problem_id": x.problem_id, "mode": g["mechanism"], "reward": g["reward"],
-                                "passed": g["passed"], "gt_correct": g["gt_correct"], "exploited": g["exploited"],
-                                "truncated": x.truncated, "completion": x.text}) + "\n")
+def sample_rows(cfg: Config, step: int, samples: list[Sample]) -> list[dict]:
+    """samples.jsonl rows: the first ``log_samples`` student samples of rank 0, what the model actually
+    wrote, with its grade."""
+    return [{"step": step + 1, "problem_id": x.problem_id, "mode": x.grade["mechanism"], "reward": x.grade["reward"],
+             "passed": x.grade["passed"], "gt_correct": x.grade["gt_correct"], "exploited": x.grade["exploited"],
+             "truncated": x.truncated, "completion": x.text} for x in samples if x.is_student][:cfg.log_samples]
 
 
 def arm_reward(cfg: Config, grade: dict, completion: str) -> float:
