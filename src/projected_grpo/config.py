@@ -83,7 +83,9 @@ class Config:
     loss_norm: Literal["fixed", "token_mean"] = "fixed"
     """`fixed`: sum over tokens / (n_completions * max_new_tokens) (unbiased); `token_mean`: per-completion mean."""
     clip_eps: float = 0.2
-    """PPO clip range."""
+    """PPO clip range (acts only with --ppo-epochs > 1: the ratio is 1 at a batch's first update)."""
+    ppo_epochs: int = 1
+    """PPO epochs μ: optimizer steps on each batch (one per epoch, projected each time); π_old is computed once."""
     beta: float = 0.0
     """K3 KL coefficient to the reference (the model with knobs zeroed)."""
     grad_checkpointing: bool = False
@@ -228,7 +230,8 @@ class Config:
         def bad(msg: str):
             raise ConfigError(msg)
 
-        for name in ("steps", "prompts_per_step", "group", "max_new_tokens", "vhack_k", "vhack_pairs", "micro_batch"):
+        for name in ("steps", "prompts_per_step", "group", "max_new_tokens", "vhack_k", "vhack_pairs", "micro_batch",
+                     "ppo_epochs"):
             if getattr(self, name) <= 0:
                 bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.mix_ratio <= 1.0:
@@ -344,7 +347,8 @@ class Config:
 
 _LATE_FIELDS = {"amp": False, "enable_thinking": False, "deterministic": False, "eval_samples": 0,
                 "grader": "flawed", "warmstart_steps": 0, "warmstart_hack_frac": 0.05, "warmstart_lr": None,
-                "prior_samples": 64, "vhack_pairs_source": "templates", "v_auc_rows": 0}  # field -> the value under which it is left out of the hash
+                "prior_samples": 64, "vhack_pairs_source": "templates", "v_auc_rows": 0,
+                "ppo_epochs": 1}  # field -> the value under which it is left out of the hash
 _BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples",
                 "eval_at_start"}
 # seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.

@@ -229,14 +229,24 @@ class Sample:
 
 
 @dataclass
+class Losses:
+    """One backward pass over this rank's rows (one PPO epoch): sums the metrics row reduces over ranks."""
+
+    loss: float  # this rank's share of the global loss
+    kl_sum: float  # Σ over backward rows of the per-row mean KL
+    kl_rows: int
+    ratio_sum: float  # Σ over completion tokens of the backward rows of π/π_old
+    clipped: int  # tokens with |ratio - 1| > clip_eps
+    tokens: int
+
+
+@dataclass
 class RankPart:
     """What each rank contributes to the step's metrics row (`dist.gather`): its own rows and sums."""
 
     samples: list[Sample]
     zero_var: list[bool]  # per group of this rank
-    loss: float  # this rank's share of the global loss
-    kl_sum: float  # Σ over backward rows of the per-row mean KL
-    kl_rows: int
+    epochs: list[Losses]  # one per PPO epoch
     n_tokens: int  # student tokens generated
     gen_time: float
     grade_time: float
@@ -417,26 +427,37 @@ def train_step(cfg: Config, s: Setup, upd: Updater, step: int) -> tuple[list[Ran
     # --- 4. advantages per group; zero-variance groups contribute nothing (only the reward is read)
     adv, zero_var = advantages(torch.tensor([x.reward for x in samples], dtype=torch.float32).view(len(mine), G),
                                cfg.advantage)
-    # --- 5. loss and backward (prompts shared within a source); knob gradients per source for the diagnostics
-    loss_val, kl_sum, kl_rows, by_src = backward(cfg, s, prompt_ids, samples, adv.flatten(), n_total=P * G)
-    # --- 6. all-reduce knob gradients and per-source sums: every rank now holds the global batch's
+    # --- 5. PPO epochs (ALGO LOGIC): backward, all-reduce, projection, AdamW, each epoch; π_old once, no grad
+    old = old_logprobs(cfg, s, prompt_ids, samples, adv.flatten()) if cfg.ppo_epochs > 1 else None
+    epochs = [update(cfg, s, upd, prompt_ids, samples, adv.flatten(), old, fit=step == 0 and e == 0)
+              for e in range(cfg.ppo_epochs)]
+    upd.sched.step()  # the schedule counts GRPO steps: every epoch of step t uses lr(t)
+    part = RankPart(samples, zero_var.tolist(), [e[0] for e in epochs], roll.n_tokens, gen_time, grade_time,
+                    roll.capture_failed)
+    # --- 6. how well V separates this step's student samples (this rank's, scored after the update)
+    diag = {**epochs[0][1], **v_auc_metrics(cfg, s, [prompts[k // Gs] for k in range(len(roll.texts))], roll.texts,
+                                            [g.exploited for g in s_grades], step)}
+    return dist.gather(part), diag  # the update's diagnostics are the first epoch's: the fresh batch's gradient
+
+
+def update(cfg: Config, s: Setup, upd: Updater, prompt_ids: dict[int, list[int]], samples: list[Sample],
+           adv: torch.Tensor, old: dict[int, torch.Tensor] | None, fit: bool) -> tuple[Losses, dict]:
+    """One optimizer step on the batch: loss and backward (prompts shared within a source), all-reduce of
+    the knob gradients and per-source sums (every rank then holds the global batch's), the arm's
+    projection, one clip, AdamW. ``fit``: matched_capture fits its basis to this gradient (step 1).
+    Returns this rank's Losses and the diagnostics (cin_s, cin_t, cin, cout, fired, cout_update, gn)."""
+    losses, by_src = backward(cfg, s, prompt_ids, samples, adv, n_total=cfg.prompts_per_step * cfg.group, old=old)
     names = list(s.adapter.modules)
     dist.all_reduce_([m.delta_s.grad for m in s.adapter.modules.values()] + [by_src[k][n] for k in by_src for n in names])
     for m in s.adapter.modules.values():  # δS_hack gets a gradient only by routing
         m.delta_s_hack.grad = None
     diag = {f"cin_{k[0]}": upd.projector.cin(by_src[k]) if n_rows else None
-            for k, n_rows in (("student", Gs), ("teacher", Gt))}
-    if step == 0 and cfg.vhack_source == "matched_capture":  # the control is fitted to the step-1 gradient
+            for k, n_rows in (("student", cfg.student_per_group), ("teacher", cfg.teacher_per_group))}
+    if fit and cfg.vhack_source == "matched_capture":  # the control is fitted to the step-1 gradient
         diag.update(fit_capture(s.basis, {n: m.delta_s.grad for n, m in s.adapter.modules.items()}))
         upd.projector.set_basis(s.basis.V)
-    # --- 7. the projection for this arm, one clip, AdamW, schedule  # ALGO LOGIC
-    diag.update(upd.step(cfg))
-    upd.sched.step()
-    part = RankPart(samples, zero_var.tolist(), loss_val, kl_sum, kl_rows, roll.n_tokens, gen_time, grade_time,
-                    roll.capture_failed)
-    diag.update(v_auc_metrics(cfg, s, [prompts[k // Gs] for k in range(len(roll.texts))], roll.texts,
-                              [g.exploited for g in s_grades], step))  # how well V separates this step's samples
-    return dist.gather(part), diag
+    diag.update(upd.step(cfg))  # ALGO LOGIC: the projection for this arm, then clip and AdamW
+    return losses, diag
 
 
 def metrics_row(cfg: Config, s: Setup, step: int, parts: list[RankPart], diag: dict, lr: float, t0: float) -> dict:
@@ -444,17 +465,20 @@ def metrics_row(cfg: Config, s: Setup, step: int, parts: list[RankPart], diag: d
     rows = sorted((x for part in parts for x in part.samples), key=lambda x: x.key)
     st, te = [x for x in rows if x.is_student], [x for x in rows if not x.is_student]
     dS, dSh = s.adapter.norms()
-    kl_rows, gen_time = sum(p.kl_rows for p in parts), max(p.gen_time for p in parts)
-    n_tok = sum(p.n_tokens for p in parts)
+    first, every = [p.epochs[0] for p in parts], [e for p in parts for e in p.epochs]
+    kl_rows, gen_time = sum(e.kl_rows for e in first), max(p.gen_time for p in parts)
+    n_tok, ratio_tok = sum(p.n_tokens for p in parts), sum(e.tokens for e in every)
     diag = dict(diag)
     gn = diag.pop("gn")
     row = {"step": step + 1, "reward": _mean(x.reward for x in rows),
            "hack_s": _mean(x.grade["exploited"] for x in st), "solve_s": _mean(x.grade["gt_correct"] for x in st),
            "hack_t": _mean(x.grade["exploited"] for x in te), "solve_t": _mean(x.grade["gt_correct"] for x in te),
            "frac_zero_var": _mean(z for p in parts for z in p.zero_var),
-           "frac_truncated": _mean(x.truncated for x in st) or 0.0, "loss": sum(p.loss for p in parts),
-           "kl": sum(p.kl_sum for p in parts) / kl_rows if kl_rows else 0.0, "gn": gn,
-           **diag, "dS": dS, "dSh": dSh, "lr": lr}
+           "frac_truncated": _mean(x.truncated for x in st) or 0.0, "loss": sum(e.loss for e in first),
+           "kl": sum(e.kl_sum for e in first) / kl_rows if kl_rows else 0.0, "gn": gn,
+           **diag, "dS": dS, "dSh": dSh, "lr": lr,
+           "ratio_mean": sum(e.ratio_sum for e in every) / ratio_tok if ratio_tok else None,
+           "clip_frac": sum(e.clipped for e in every) / ratio_tok if ratio_tok else None}
     for mode in cfg.modes:
         row[f"hack_s_{mode}"] = sum(1 for x in st if x.grade["exploited"] and x.grade["mechanism"] == mode)
     row.update(step_time_s=time.perf_counter() - t0, gen_time_s=gen_time, grade_time_s=max(p.grade_time for p in parts),
@@ -491,27 +515,24 @@ def draw_teacher(s: Setup, problem: Problem, n: int, seed: int) -> list:
 
 
 def backward(cfg: Config, s: Setup, prompt_ids: dict[int, list[int]], samples: list[Sample], adv: torch.Tensor,
-             n_total: int):
+             n_total: int, old: dict[int, torch.Tensor] | None = None) -> tuple[Losses, dict]:
     """Micro-batched forward/backward of the GRPO loss over this rank's rows with nonzero advantage
     (all rows when the KL term is on); ``n_total`` rows in the global batch set the denominator.
-    ``prompt_ids`` maps a row's ``prompt`` to its token ids; ``adv`` (len(samples),).
+    ``prompt_ids`` maps a row's ``prompt`` to its token ids; ``adv`` (len(samples),); ``old``: row index →
+    (len(completion),) log-probs of π_old (`old_logprobs`; None: π_old = π, the ratio is exactly 1).
 
     Micro-batches never mix sources and hold whole groups where they fit, so each prompt runs through
     the model once per source (`shared_prefix_logprobs`); the sources run one after the other, so
     ``δS.grad`` after the student rows is the student's sum and the rest is the teacher's.
-    Returns (loss share, kl sum, kl rows, {source: {module: (r,)}})."""
+    Returns (Losses, {source: {module: (r,)}})."""
     device = next(iter(s.adapter.modules.values())).delta_s.device
-    keep = [i for i in range(len(samples)) if cfg.beta > 0 or adv[i] != 0]
+    keep = _kept(cfg, adv)
     mods = s.adapter.modules
     for m in mods.values():  # a rank whose rows all have zero advantage still all-reduces
         m.delta_s.grad = torch.zeros_like(m.delta_s)
-    loss_sum, kl_sum = 0.0, 0.0
+    out = Losses(0.0, 0.0, len(keep), 0.0, 0, 0)
     for src in ("student", "teacher"):
-        for ids in _micro_batches([i for i in keep if samples[i].is_student == (src == "student")], samples,
-                                  prompt_ids, cfg.micro_batch, cfg.grad_checkpointing):
-            uniq = list(dict.fromkeys(samples[i].prompt for i in ids))  # this chunk's prompts, first-seen order
-            prompts = [prompt_ids[u] for u in uniq]
-            pairs = [(uniq.index(samples[i].prompt), samples[i].completion_ids) for i in ids]
+        for ids, prompts, pairs in _chunks(cfg, samples, prompt_ids, keep, src == "student"):
             a = adv[ids].to(device)
             ref = None
             if cfg.beta > 0:
@@ -519,16 +540,53 @@ def backward(cfg: Config, s: Setup, prompt_ids: dict[int, list[int]], samples: l
                     ref, _ = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
             with autocast(cfg, s):
                 logp, mask = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
-            loss, kl = grpo_loss(logp, logp.detach(), ref, a, mask, cfg.clip_eps, cfg.beta, cfg.loss_norm,
+            old_logp = logp.detach() if old is None else torch.stack(
+                [torch.nn.functional.pad(old[i], (0, logp.shape[1] - len(old[i]))) for i in ids]).to(device)
+            loss, kl = grpo_loss(logp, old_logp, ref, a, mask, cfg.clip_eps, cfg.beta, cfg.loss_norm,
                                  cfg.max_new_tokens)
             scale = len(ids) / n_total  # every row's denominator is the global batch's
             (loss * scale).backward()
-            loss_sum += float(loss.detach()) * scale
-            kl_sum += float(kl) * len(ids)
+            ratio = torch.exp(logp.detach() - old_logp)[mask.bool()]  # (completion tokens,)
+            out.loss += float(loss.detach()) * scale
+            out.kl_sum += float(kl) * len(ids)
+            out.ratio_sum, out.tokens = out.ratio_sum + float(ratio.sum()), out.tokens + ratio.numel()
+            out.clipped += int(((ratio - 1).abs() > cfg.clip_eps).sum())
         if src == "student":
             g_student = {n: m.delta_s.grad.clone() for n, m in mods.items()}
     g_src = {"student": g_student, "teacher": {n: m.delta_s.grad - g_student[n] for n, m in mods.items()}}
-    return loss_sum, kl_sum, len(keep), g_src
+    return out, g_src
+
+
+@torch.no_grad()
+def old_logprobs(cfg: Config, s: Setup, prompt_ids: dict[int, list[int]], samples: list[Sample],
+                 adv: torch.Tensor) -> dict[int, torch.Tensor]:
+    """π_old for PPO epochs: per backward row, the (len(completion),) log-probs of the *training* model
+    (knobs through the hook, under the loss's autocast) before the first epoch, chunked as `backward`
+    chunks, so epoch 1's ratio is 1 up to float rounding. Not the rollout model's: with --amp that is a
+    bf16 copy whose rounding would put ratio ≠ 1 (and clip tokens) before any update; the bf16 sampler's
+    own mismatch is the standard off-policy gap of a rounded rollout engine and is left uncorrected."""
+    out = {}
+    for student in (True, False):
+        for ids, prompts, pairs in _chunks(cfg, samples, prompt_ids, _kept(cfg, adv), student):
+            with autocast(cfg, s):
+                logp, _ = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
+            out.update({i: logp[k, :len(samples[i].completion_ids)].float().cpu() for k, i in enumerate(ids)})
+    return out
+
+
+def _kept(cfg: Config, adv: torch.Tensor) -> list[int]:
+    """Rows that enter the backward: nonzero advantage, or all when the KL term needs them."""
+    return [i for i in range(len(adv)) if cfg.beta > 0 or adv[i] != 0]
+
+
+def _chunks(cfg: Config, samples: list[Sample], prompt_ids: dict[int, list[int]], keep: list[int], student: bool):
+    """(row indices, the chunk's unique prompts, (prompt position, completion ids) per row) per micro-batch
+    of one source."""
+    for ids in _micro_batches([i for i in keep if samples[i].is_student == student], samples, prompt_ids,
+                              cfg.micro_batch, cfg.grad_checkpointing):
+        uniq = list(dict.fromkeys(samples[i].prompt for i in ids))  # this chunk's prompts, first-seen order
+        yield ids, [prompt_ids[u] for u in uniq], [(uniq.index(samples[i].prompt), samples[i].completion_ids)
+                                                   for i in ids]
 
 
 def _micro_batches(ids: list[int], samples: list[Sample], prompt_ids: dict[int, list[int]], size: int,
