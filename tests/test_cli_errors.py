@@ -86,6 +86,7 @@ CASES = [
     ("unknown-verb", ["frobnicate"], None, ["unknown command", "choose from"]),
     ("negative-group", ["train", "--group", "-2"], None, ["--group", "positive"]),
     ("zero-steps", ["train", "--steps", "0"], None, ["--steps", "positive"]),
+    ("zero-ppo-epochs", ["train", "--ppo-epochs", "0"], None, ["--ppo-epochs must be positive"]),
     ("bad-choice", ["train", "--intervention", "delete"], None, ["intervention", "erase"]),
     ("mix-ratio-range", ["train", "--mix-ratio", "1.5"], None, ["--mix-ratio", "[0, 1]"]),
     ("unknown-preset", ["train", "--preset", "nope"], None, ["unknown preset", "choose from"]),

@@ -5,7 +5,8 @@ Departures from the GRPO paper, on purpose:
   - fixed-denominator loss ``Σ_tokens / (n_completions · max_new_tokens)`` by default (unbiased in
     length), ``token_mean`` as in the paper;
   - a group mixes live student samples with cached teacher completions; one optimizer step per
-    batch, so the PPO ratio is 1 at the step (the clip matters only for multi-epoch use);
+    batch by default, so the PPO ratio is 1 at the step (the clip acts only with --ppo-epochs > 1,
+    train.update);
   - the KL reference is the same network with its knobs zeroed (no second model).
 """
 

@@ -1,15 +1,20 @@
 """The GRPO training loop with a gradient-level intervention, readable top to bottom.
 
 ``train(cfg)`` → a run directory (its layout, writers and checkpoint: rundir.py). A step is
-``train_step`` (rollouts → grades → advantages → backward → all-reduce → projection → AdamW), its
-rows are `Sample` records, what ranks gather is a `RankPart`, the update is an `Updater`; the metrics
-row (`metrics_row`) and samples.jsonl (`sample_rows`) are assembled by `train`, outside the step.
+``train_step``: rollouts → grades → advantages → μ epochs of `update` (backward → all-reduce →
+projection → AdamW). Its rows are `Sample` records, what ranks gather is a `RankPart`, the update
+is an `Updater`; the metrics row (`metrics_row`) and samples.jsonl (`sample_rows`) are assembled by
+`train`, outside the step.
 
 Departures and choices (see also grpo.py):
   - the problem split and mode partition use a fixed data seed (0), so every seed of a config trains
     and evaluates on the same problems; ``seed`` drives sampling, teacher draws and control bases;
   - every random draw of step t is seeded from (seed, t), so a resumed run equals an uninterrupted one;
-  - generation runs with the knobs merged into the weights (no hook cost), the loss with the hook.
+  - generation runs with the knobs merged into the weights (no hook cost), the loss with the hook;
+  - ``--ppo-epochs μ``: μ projected optimizer steps per batch, π_old once from the training model
+    (``old_logprobs``: not the bf16 rollout copy); the LR schedule counts GRPO steps.
+
+Owns: the step, its records and the set-up of a run. Never imports report, study, sweep, export or cli.
 """
 
 from __future__ import annotations
@@ -422,14 +427,15 @@ def train_step(cfg: Config, s: Setup, upd: Updater, step: int) -> tuple[list[Ran
             samples.append(Sample(gi, j, problems[pi].id, True, roll.completion_ids[k], roll.texts[k], g,
                                   arm_reward(cfg, g, roll.texts[k]), roll.truncated[k]))
         for j, tc in enumerate(teacher[pi]):
-            samples.append(Sample(gi, Gs + j, problems[pi].id, False, encode_completion(s.tokenizer, tc.completion), tc.completion,
-                                  tc.grade, arm_reward(cfg, tc.grade, tc.completion)))
+            samples.append(Sample(gi, Gs + j, problems[pi].id, False, encode_completion(s.tokenizer, tc.completion),
+                                  tc.completion, tc.grade, arm_reward(cfg, tc.grade, tc.completion)))
     # --- 4. advantages per group; zero-variance groups contribute nothing (only the reward is read)
     adv, zero_var = advantages(torch.tensor([x.reward for x in samples], dtype=torch.float32).view(len(mine), G),
                                cfg.advantage)
+    adv = adv.flatten()  # (len(samples),), in sample order
     # --- 5. PPO epochs (ALGO LOGIC): backward, all-reduce, projection, AdamW, each epoch; π_old once, no grad
-    old = old_logprobs(cfg, s, prompt_ids, samples, adv.flatten()) if cfg.ppo_epochs > 1 else None
-    epochs = [update(cfg, s, upd, prompt_ids, samples, adv.flatten(), old, fit=step == 0 and e == 0)
+    old = old_logprobs(cfg, s, prompt_ids, samples, adv) if cfg.ppo_epochs > 1 else None
+    epochs = [update(cfg, s, upd, prompt_ids, samples, adv, old, fit=step == 0 and e == 0)
               for e in range(cfg.ppo_epochs)]
     upd.sched.step()  # the schedule counts GRPO steps: every epoch of step t uses lr(t)
     part = RankPart(samples, zero_var.tolist(), [e[0] for e in epochs], roll.n_tokens, gen_time, grade_time,
