@@ -129,6 +129,7 @@ NEVER = {  # module (or package prefix) -> what it must never import (package mo
     f"{PKG}.teachers": [f"{PKG}.train", f"{PKG}.warmstart"],  # both import it
     f"{PKG}.warmstart": [f"{PKG}.train"],
     f"{PKG}.separation": [f"{PKG}.train"],
+    f"{PKG}.rundir": [f"{PKG}.{m}" for m in ("train", "report", "study", "sweep", "runner", "export", "evaluate", "cli")],
 }
 
 

@@ -16,7 +16,8 @@ checkpoint, no summary.json: killed or running), ``done`` (summary.json). Checkp
 whole (`RunDir.open` recovers the latter).
 
 Owns: file names, atomic writes, the resume-time repair of a killed run, `restore` (used by train's
-resume and by export). Never imports train, report, study, sweep or export (they import it).
+resume, export and eval --run). Never imports train, runner, sweep, study, report, export, evaluate or
+cli (they import it); imports config, and hack_subspace lazily (to load a basis).
 """
 
 from __future__ import annotations
