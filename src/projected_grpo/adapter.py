@@ -18,6 +18,8 @@ folded model as a detached copy in another dtype (bf16 rollouts of an fp32 model
 ``(B, r)`` per module, from the hook math (``Σ_t (Vh x)_t ⊙ (U^T ∂y)_t``) — one backward gives the
 student and teacher gradients used by the cin_s / cin_t diagnostics and the per-completion gradients
 used to extract the hack subspace.
+
+Owns the SVD-basis adapter and its knobs; must never import the trainer (train, grpo, projection) or the env package.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@
                                                projected-grpo study --preset demo --seeds 0 1 2 --out runs/study
 
 User mistakes print one line (`error: ...`) and exit 2, never a traceback.
+
+Owns the verbs and their flags; it is the top of the import graph: library modules must never import it.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 The CLI (tyro) exposes every field as a flag; `--preset NAME` picks the starting point and any flag
 overrides it. Derived values (teacher count per group, device) are computed, not stored.
+
+Owns the Config dataclass, the presets and flag parsing; must never import the trainer's modules (train, grpo,
+projection, adapter), and torch only lazily where a dtype is resolved, so `--help` and validation stay light.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ trained; ``abl``: δS_hack zeroed, the deployed model of route; equal to kept fo
 
 ``metrics(adapter, tokenizer, prompts, texts, V)`` returns the dict; ``eval_extra(V)`` wraps it as an
 extra metric of evaluate.py (``f(ctx) -> dict``).
+
+Owns the deployed-model diagnostics of an evaluation; must never import train, evaluate, report, study or sweep (they call it).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Launch: ``torchrun --nproc-per-node N -m projected_grpo.cli train ...``. Each ra
 grades its share of the step's prompts; knob gradients (and the per-source diagnostic sums) are
 all-reduced before the projection, so every rank applies the identical update; rank 0 alone writes
 the run directory. Backend: NCCL on GPUs, gloo on CPU.
+
+Owns the torch.distributed plumbing; must never import another module of the package.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Every module's own error (ConfigError, ModelLoadError, AdapterError, ReportError, TrackerError,
 FastGenError) derives from `UserError`, so the CLI catches them all in one place and a new module only
 needs `class MyError(UserError)`. Imports nothing of the package (every module may import it).
+
+Owns the UserError family; must never import torch or another module of the package (every layer imports it).
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ The result renders three ways: ``metrics_row()`` (flat keys in metrics.jsonl), `
   ``EvalResult.extra``, the metrics row, the JSON's ``extra`` object and the table.
 
 No candidate code runs here: completions are graded by the sandboxed ``GraderPool``.
+
+Owns held-out evaluation (records, intervals, tables); must never import train, report, study, sweep or runner.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ done of planned, config hash, the final greedy evaluation), so a folder found la
 An unfinished run (no ``summary.json``, or a checkpoint short of the planned steps) is refused unless
 ``allow_partial``; its card then says so. Files are written readable by others (``0o666 & ~umask``):
 safetensors' temp-file writes would otherwise leave them 0600.
+
+Owns turning a run into a plain transformers model; must never import train, report, study or sweep.
 """
 
 from __future__ import annotations

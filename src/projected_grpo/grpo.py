@@ -8,6 +8,8 @@ Departures from the GRPO paper, on purpose:
     batch by default, so the PPO ratio is 1 at the step (the clip acts only with --ppo-epochs > 1,
     train.update);
   - the KL reference is the same network with its knobs zeroed (no second model).
+
+Owns the GRPO maths (advantages, log-probs, loss); must never import another module of the package.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ Negative controls, k matched per module to the real basis:
     (no labels), tilted toward random directions or toward the step-1 gradient until the one-sided
     captured share matches real V's;
   - ``nonhack``: clean vs a second clean completion.
+
+Owns the extraction of V and the control bases; must never import train, projection or evaluate.
 """
 
 from __future__ import annotations

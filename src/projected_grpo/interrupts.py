@@ -7,6 +7,8 @@ and raises once they are complete: the run directory always holds the last finis
 continues it exactly. (SIGKILL cannot be caught; the checkpoint's two renames cover it, train.RunDir.)
 
 Owns signal handlers only; imports nothing of the package.
+
+Owns the stop-cleanly signal handling; must never import another module of the package.
 """
 
 from __future__ import annotations

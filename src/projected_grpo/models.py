@@ -8,6 +8,8 @@
     (``$PROJECTED_GRPO_CACHE``, default ``~/.cache/projected_grpo``) with the GGUF
     ``quantization_config`` cleared, so HF training and ``save_pretrained`` treat it as float.
   - anything else: ``AutoModelForCausalLM.from_pretrained(name)`` (a hub id or a local folder).
+
+Owns model loading and the cache folder; must never import train, evaluate or the env package.
 """
 
 from __future__ import annotations

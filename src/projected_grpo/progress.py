@@ -5,6 +5,8 @@
 
 Each step prints when it starts (so a slow one says what it is doing) and when it ends, on stderr next
 to the tqdm bar. ``Progress(None)`` is silent (quiet runs, data-parallel ranks > 0).
+
+Owns progress bars and set-up step timing; must never import another module of the package.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ Diagnostics (relu applied per axis before any aggregation): ``cin = ‖relu(V g)
 Known trap: AdamW steps on its moments, so a projected gradient does not make the *applied update*
 orthogonal to V. ``UpdateProjector`` measures the hack-ward part of the applied update
 (``cout_update``) for every arm and, with ``project_update``, projects the update itself.
+
+Owns erase / route on the knob gradients and the AdamW update; must never import train, grpo or the env package.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ A sample is ``argmax(logits / T + Gumbel(u))`` over the top-p set, with ``u`` a 
 (row seed, position, token id). A row's tokens therefore depend only on its own seed and logits,
 never on which other rows share the batch: a data-parallel run, a resumed run and a run with another
 micro-batching draw the same completions. The hash is a few integer ops on (B, vocab) tensors.
+
+Owns seeded sampling; must never import another module of the package.
 """
 
 from __future__ import annotations

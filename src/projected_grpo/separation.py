@@ -14,6 +14,8 @@ sample > score of a non-hack one), ties ½ (the Mann–Whitney U / (n_h · n_c))
 samples graded exploited vs not; ``v_auc_random`` the same with a random orthonormal basis of the same k per
 module (fixed per run). 0.5 = no separation. Logged only at steps with both kinds among the scored rows;
 under data parallelism each rank scores its own samples and rank 0's numbers are logged.
+
+Owns v_auc (how well V separates live hack rollouts); must never import train.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ them on hand-computed cases.
 - ``holm(p)``: Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1).
 - ``mde(sd, n)``: smallest true mean difference a paired one-sided t-test at level ``alpha`` detects
   with ``power``: (t_{1−α, n−1} + t_{power, n−1}) · sd / √n.
+
+Owns the statistics (bootstrap, sign-flip, Holm, power); must never import torch or another module of the package.
 """
 
 from __future__ import annotations

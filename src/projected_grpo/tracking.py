@@ -3,6 +3,8 @@
 The trainer always writes `metrics.jsonl`; a tracker only mirrors those rows elsewhere. The loop holds a
 `Tracker` and calls `log(row, step)` / `close()` unconditionally: `none` is a null object, so there is no
 `if wandb:` in the loop. TensorBoard and wandb are imported lazily, only when asked for.
+
+Owns the tracker interface; must never import the trainer or the env package.
 """
 
 from __future__ import annotations
