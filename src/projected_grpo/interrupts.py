@@ -6,8 +6,6 @@ the process vanishing. `deferred()` holds both signals while a step's metrics ro
 and raises once they are complete: the run directory always holds the last finished step, and `--resume`
 continues it exactly. (SIGKILL cannot be caught; the checkpoint's two renames cover it, train.RunDir.)
 
-Owns signal handlers only; imports nothing of the package.
-
 Owns the stop-cleanly signal handling; must never import another module of the package.
 """
 
