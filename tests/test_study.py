@@ -32,8 +32,8 @@ def test_data_seed_is_the_trainers():
 def test_default_plan_counts_and_shared_runs(tmp_path):
     plan = study.make_plan("smoke", (0, 1, 2), {}, tmp_path)
     per_q = {q: len({j.name for c in plan.cells_of(q) for j in c.jobs}) for q in plan.questions}
-    assert per_q == {"headline": 9, "controls": 3 * 11, "no_teacher": 9, "lomo": 6 * 9, "update": 9}
-    assert len(plan.jobs) == 9 + 3 * 8 + 9 + 54 + 3  # shared configs run once
+    assert per_q == {"headline": 9, "controls": 3 * 11, "no_teacher": 9, "lomo": 6 * 6 + 3, "update": 9}
+    assert len(plan.jobs) == 9 + 3 * 8 + 9 + 36 + 3  # shared configs run once
     keys = [(j.hash, j.seed) for j in plan.jobs.values()]
     assert len(keys) == len(set(keys))  # never the same config + seed twice
     van = {c.question: c.jobs for c in plan.cells if c.label == "vanilla"}
@@ -49,12 +49,16 @@ def test_default_plan_counts_and_shared_runs(tmp_path):
             assert j.seed == vj.seed
             a, b = _cfg(j).to_dict(), _cfg(vj).to_dict()
             differ = {k for k in a if a[k] != b[k]} - {"intervention", "vhack_source"}
-            assert differ <= ({"project_update"} if c.question == "update" else set()), (c.label, differ)
+            allowed = {"update": {"project_update"}, "lomo": {"vhack_known_modes"}}.get(c.question, set())
+            assert differ <= allowed, (c.label, differ)
     # leave one mode out: V and the teacher pool from the other modes; training sees all of them
     folds = {c.fold for c in plan.cells if c.question == "lomo"}
     assert folds == set(parse_config([]).modes)
     for c in plan.cells_of("lomo"):
         cfg = _cfg(c.jobs[0])
+        if c.role == "vanilla":  # the headline's vanilla: V is never applied there
+            assert c.jobs == van["headline"] and cfg.vhack_known_modes is None
+            continue
         assert c.fold not in cfg.vhack_known_modes and set(cfg.vhack_known_modes) | {c.fold} == set(cfg.modes)
     nt = _cfg(plan.cells_of("no_teacher")[1].jobs[0])
     assert nt.mix_ratio == 0 and nt.intervention == "erase"
@@ -227,7 +231,7 @@ def test_smoke_study_end_to_end_then_idempotent(tmp_path, capsys):
             "--set", "modes=run_tests,sentinel", "--holdout", "sentinel"]
     assert main(argv) == 0, capsys.readouterr()
     text = capsys.readouterr().out
-    n = 3 + 8 + 3 + 3 + 1  # headline, controls (+8), no_teacher (+3), one lomo fold (+3), update (+1) configs
+    n = 3 + 8 + 3 + 2 + 1  # headline, controls (+8), no_teacher (+3), one lomo fold (+2), update (+1) configs
     assert f"{2 * n} done, 0 resumed, 0 skipped, 0 failed" in text
     md = (out / "study.md").read_text()
     for q in study.QUESTIONS:
@@ -305,3 +309,26 @@ def test_primary_na_without_kl_and_power_note_for_few_seeds(tmp_path):
     main, moved, power = prim(3)
     assert main.verdict == "no" and main.p == pytest.approx(1 / 8)  # the exact test's floor 2^-3 ≥ 0.05
     assert "cannot reach significance" in power
+
+
+def test_vanilla_ignores_known_modes_so_lomo_shares_the_headline_vanilla(tmp_path):
+    """The lomo folds pair with the headline's vanilla: vhack_known_modes only changes V, which a
+    vanilla run extracts (for its diagnostics) but never applies, so knobs, samples and scores match."""
+    import torch
+    from safetensors.torch import load_file
+
+    def run(name, *flags):
+        d = tmp_path / name
+        assert main(["train", "--preset", "smoke", "--run-dir", str(d), "--sandbox-workers", "1", "--steps", "2",
+                     "--intervention", "none", *flags]) == 0
+        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        return rows, load_file(d / "ckpt" / "knobs.safetensors")
+
+    rows_all, knobs_all = run("all")
+    rows_lomo, knobs_lomo = run("lomo", "--vhack-known-modes", "run_tests", "exit_code")
+    v_all, v_lomo = (load_file(tmp_path / n / "vhack.safetensors") for n in ("all", "lomo"))
+    assert any(not torch.equal(v_all[k], v_lomo[k]) for k in v_all)  # the folds' V does differ
+    assert knobs_all.keys() == knobs_lomo.keys()
+    assert all(torch.equal(knobs_all[k], knobs_lomo[k]) for k in knobs_all)
+    keys = ("reward", "hack_s", "solve_s", "loss", "kl", "dS", "hack_kept", "solve_kept", "solve_nohint")
+    assert [[r.get(k) for k in keys] for r in rows_all] == [[r.get(k) for k in keys] for r in rows_lomo]

@@ -13,8 +13,9 @@ Five questions, each a set of configs × seeds (every run an ordinary `train` ru
 3. no_teacher  the headline arms with mix_ratio = 0: pure on-policy, no cached teacher completions.
 4. lomo        weak detector, leave one mode out: for each loophole mode M, V is extracted from pairs of
                the other modes only (vhack_known_modes = others); the teacher pool and training keep
-               every mode. Vanilla, erase with real V, erase with random V, each
-               fold with its own vanilla (same config: vhack_known_modes is in the hash). Read on M alone.
+               every mode. Erase with real V and erase with random V per fold, against the headline's
+               vanilla (vhack_known_modes changes only V, which a vanilla run never applies: its update,
+               samples and evaluation are the same, tests/test_study.py). Read on M alone.
 5. update      erase projecting AdamW's applied update (project_update) vs projecting the gradient.
 
 Then `<out>/study.md` (one table and its readings per question), `<out>/study.json` (the same numbers,
@@ -183,7 +184,7 @@ def make_plan(preset: str, seeds: tuple[int, ...], overrides: dict, out: str | P
             for m in folds:
                 known = [x for x in base.modes if x != m]
                 extra = {"vhack_known_modes": known}
-                cell(q, f"vanilla [{m}]", "none", extra=extra, fold=m, role="vanilla")
+                cell(q, f"vanilla [{m}]", "none", fold=m, role="vanilla")  # the headline's vanilla runs
                 cell(q, f"erase real V [{m}]", "erase", extra=extra, fold=m, vanilla=f"vanilla [{m}]")
                 cell(q, f"erase random V [{m}]", "erase", "random", extra=extra, fold=m, vanilla=f"vanilla [{m}]",
                      role="control")
@@ -534,8 +535,8 @@ def lomo(cells: list[Cell], nb: Numbers, modes: tuple[str, ...], eval_modes: dic
     dirs = sorted({j.run_dir for c in cells for j in c.jobs})
     sec = Section(q, TITLES[q], "per mode (column `numbers`)", LOMO_COLUMNS, rows, readings, dirs)
     sec.extra.append("V from pairs of the other modes only (vhack_known_modes = all modes but M); the teacher "
-                     "pool and training keep every mode, M's demonstrations included. Each fold has its own "
-                     "vanilla. Solve on M comes from the evaluation (`eval_solve_abl_M`; equal to kept for "
+                     "pool and training keep every mode, M's demonstrations included. Vanilla is the "
+                     "headline's (V is never applied in a vanilla run). Solve on M comes from the evaluation (`eval_solve_abl_M`; equal to kept for "
                      "none/erase); with training numbers it is not available per mode (–).")
     if absent:
         sec.extra.append(f"Mode(s) {absent} are absent from the evaluation set: their rows use training counts.")
