@@ -7,6 +7,7 @@ trained; ``abl``: δS_hack zeroed, the deployed model of route; equal to kept fo
 - ``kl_base_{view}``: token-mean KL(model ‖ base) on held-out prompts, on the model's own completions
   (the evaluation's greedy ones): Σ over completion tokens of Σ_vocab p log(p / p_base), / tokens.
   Exact over the vocabulary at each position (no sampling noise beyond the completions themselves).
+  Data parallel: each rank scores its share of the rows and the (Σ KL, tokens) sums are all-reduced.
 - ``dS``, ``dSh``: ‖δS‖, ‖δS_hack‖ over all modules.
 - ``dSh_in_V`` (``dS_in_V``): the share of δS_hack's (δS's) energy inside span(V) of the run's basis,
   Σ_m ‖V_m x_m‖² / Σ_m ‖x_m‖² (None when the knob is zero).
@@ -28,6 +29,7 @@ from typing import Sequence
 
 import torch
 
+from . import distributed as dist
 from .env.grader import extract_code
 from .grpo import encode_completion, make_batch
 
@@ -44,8 +46,9 @@ def kl_to_base(adapter, tokenizer, prompts: Sequence[str], texts: Sequence[str],
         return 0.0 if texts else None
     model = adapter.model
     device = next(iter(adapter.modules.values())).delta_s.device
+    pairs = list(zip(prompts, texts))
     rows = [(tokenizer(p, add_special_tokens=False)["input_ids"], encode_completion(tokenizer, t))
-            for p, t in zip(prompts, texts)]
+            for p, t in (pairs[i] for i in dist.shard(len(pairs)))]  # data parallel: this rank's rows
     total, n_tok = 0.0, 0
     for s in range(0, len(rows), batch_size):
         batch = make_batch(rows[s:s + batch_size], tokenizer.pad_token_id).to(device)
@@ -60,6 +63,10 @@ def kl_to_base(adapter, tokenizer, prompts: Sequence[str], texts: Sequence[str],
         p = logp["model"].exp()
         total += float((p * (logp["model"] - logp["base"])).sum())
         n_tok += int(mask.sum())
+    if dist.world() > 1:  # every rank's (Σ KL, tokens), summed in float64: exact for the token counts
+        sums = torch.tensor([total, n_tok], dtype=torch.float64, device=device)
+        dist.all_reduce_([sums])
+        total, n_tok = float(sums[0]), int(sums[1])
     return total / n_tok if n_tok else None
 
 

@@ -306,7 +306,10 @@ def train(cfg: Config, quiet: bool = False) -> Path:
     cfg.validate()
     if cfg.deterministic:
         set_deterministic()
-    dist.init()
+    try:
+        dist.init()
+    except ValueError as e:  # a bad PROJECTED_GRPO_DIST_TIMEOUT_S
+        raise ConfigError(str(e)) from None
     quiet = quiet or not dist.is_main()
     device, dtype = resolve_device(cfg)
     preflight(cfg)  # every check that needs no weights, before the run dir is written or a model loads
@@ -346,11 +349,11 @@ def train(cfg: Config, quiet: bool = False) -> Path:
             start = state["step"]
         tracker = make_tracker(cfg.tracker if dist.is_main() else "none", run.path, cfg.to_dict())
         if (cfg.eval_at_start or s.warm) and start == 0:  # the untrained model's numbers: a row at step 0
+            with (progress.step(f"evaluation of the untrained model ({len(s.eval_problems)} problems, greedy)")
+                  if cfg.eval_at_start else contextlib.nullcontext()):  # every rank: its share of the problems
+                row0 = {"step": 0, **(s.warm or {}),
+                        **(evaluate(cfg, s, route=cfg.intervention == "route", step=0) if cfg.eval_at_start else {})}
             if dist.is_main():
-                with (progress.step(f"evaluation of the untrained model ({len(s.eval_problems)} problems, greedy)")
-                      if cfg.eval_at_start else contextlib.nullcontext()):
-                    row0 = {"step": 0, **(s.warm or {}),
-                            **(evaluate(cfg, s, route=cfg.intervention == "route", step=0) if cfg.eval_at_start else {})}
                 run.append_metrics(row0)
                 tracker.log(row0, 0)
             dist.barrier()
@@ -368,8 +371,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
                 if dist.is_main():
                     eval_status(bar, len(s.eval_problems))
-                    row.update(evaluate(cfg, s, route=cfg.intervention == "route", step=step + 1))
-                dist.barrier()
+                row.update(evaluate(cfg, s, route=cfg.intervention == "route", step=step + 1))  # sharded over ranks
             if dist.is_main():
                 with interrupts.deferred():  # Ctrl-C / SIGTERM wait until the rows and the checkpoint are whole
                     run.append_samples(sample_rows(cfg, step, parts[0].samples))
