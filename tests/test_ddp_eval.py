@@ -65,10 +65,11 @@ def evaluate_tiny(cache: Path) -> dict:
 
     out = {}
     with GraderPool(workers=1) as pool, torch.no_grad():
-        for name, kw in (("plain", {}), ("cached", {"cache": cache, "cache_key": {"t": 1}}),
-                         ("cache_hit", {"cache": cache, "cache_key": {"t": 1}})):
+        for name, probs, kw in (("plain", problems, {}), ("cached", problems, {"cache": cache, "cache_key": {"t": 1}}),
+                                ("cache_hit", problems, {"cache": cache, "cache_key": {"t": 1}}),
+                                ("one_problem", problems[:1], {})):  # fewer problems than ranks: rank 1 has none
             grader = CountingGrader(pool)
-            res = ev.evaluate(views, tok, grader, problems, spec, adapter=adapter,
+            res = ev.evaluate(views, tok, grader, probs, spec, adapter=adapter,
                               extras=(diagnostics.eval_extra(None),), **kw)
             out[name] = {"graded": grader.seen, "records": [asdict(r) for r in res.records], "row": res.metrics_row()}
     out["ids"] = [p.id for p in problems]
@@ -100,7 +101,8 @@ def test_two_ranks_shard_the_evaluation_and_equal_one_process(tmp_path):
         for name in ("plain", "cached"):  # each rank generated and graded problems r, r + 2, ... only
             assert sorted(got[name]["graded"]) == sorted(ids[r::2] * per_problem), (r, name)
         assert got["cache_hit"]["graded"] == []  # rank 0 read the entry and broadcast it: nobody graded
-        for name in ("plain", "cached", "cache_hit"):
+        assert sorted(got["one_problem"]["graded"]) == sorted(ids[:1] * per_problem if r == 0 else [])
+        for name in ("plain", "cached", "cache_hit", "one_problem"):
             a, b = single[name], got[name]
             assert b["records"] == a["records"], (r, name)  # every completion's text, greedy and sampled
             assert set(b["row"]) == set(a["row"])
