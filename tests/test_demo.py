@@ -22,6 +22,7 @@ def test_two_steps_of_the_demo_recipe_on_the_real_model(tmp_path):
         assert 0 <= r["hack_s"] <= 1 and r["reward"] >= 0  # it graded
         assert r["dS"] > 0  # it stepped
     assert rows[-1]["dSh"] > 0 and "hack_abl" in rows[-1]
+    assert "solve_nohint" not in rows[-1]  # the demo leaves the no-hint pass out (eval_nohint False)
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert samples and all(isinstance(s["completion"], str) for s in samples)
 
@@ -46,3 +47,20 @@ def test_demo_command_runs_three_arms_and_reports(tmp_path, capsys, monkeypatch)
     assert held.count("| none |") == 2 and held.count("| route |") == 2 and "Held-out hack and solve" in printed
     hashes = {json.loads((out / a / "config.json").read_text())["match_hash"] for a in ("none", "erase", "route")}
     assert len(hashes) == 1
+
+
+def test_a_second_load_of_the_embedded_model_is_an_independent_copy():
+    """load_model keeps the last small model of the process and hands out deep copies (the demo's arms):
+    same weights and tokenizer, and writing into one copy never reaches another."""
+    import torch
+
+    from projected_grpo.models import load_model
+
+    (m1, t1), (m2, t2) = load_model("smollm2"), load_model("smollm2")
+    p1, p2 = dict(m1.named_parameters()), dict(m2.named_parameters())
+    assert p1.keys() == p2.keys() and all(torch.equal(p1[k], p2[k]) for k in p1)
+    name = next(iter(p1))
+    p1[name].data.add_(1.0)
+    assert not torch.equal(p1[name], p2[name])
+    assert torch.equal(dict(load_model("smollm2")[0].named_parameters())[name], p2[name])
+    assert t1("def f(x):")["input_ids"] == t2("def f(x):")["input_ids"] and t2.padding_side == "left"

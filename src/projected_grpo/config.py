@@ -183,6 +183,9 @@ class Config:
     with k > 0 the eval rates (hack_kept, solve_kept...) are the sampled ones, the greedy ones get `_greedy`."""
     eval_at_start: bool = False
     """Also evaluate the untrained model (a metrics row at step 0)."""
+    eval_nohint: bool = True
+    """Also evaluate the deployed model on prompts without the loophole hint (`solve_nohint`, `hack_nohint`);
+    the CPU demo leaves it out to save one generation pass per evaluation."""
     sandbox_workers: int = 0
     """Grader processes; 0 = one per CPU core."""
     sandbox_timeout_s: float = 5.0
@@ -353,7 +356,7 @@ _LATE_FIELDS = {"amp": False, "enable_thinking": False, "deterministic": False, 
                 "prior_samples": 64, "vhack_pairs_source": "templates", "v_auc_rows": 0,
                 "ppo_epochs": 1}  # field -> the value under which it is left out of the hash
 _BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples",
-                "eval_at_start"}
+                "eval_at_start", "eval_nohint"}
 # seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.
 
 
@@ -415,7 +418,8 @@ PRESET_HELP: dict[str, str] = {
             "(torchrun); no reference numbers yet",
     "discover": "on-policy discovery on one GPU: SmolLM2-135M on synth, a warm start to a low hack prior "
                 "(hack_prior logged), then pure on-policy GRPO (no teacher rows, 8 student samples a prompt), V "
-                "from the model's own graded samples; no reference numbers yet (docs/DISCOVER.md)",
+                "from the model's own graded samples; H200, 5 seeds: vanilla 0.4-3 % prior -> 0.38 held-out hack "
+                "(docs/DISCOVER.md)",
 }
 
 PRESETS: dict[str, Config] = {
@@ -432,7 +436,7 @@ PRESETS: dict[str, Config] = {
         BASE, preset="demo", model="smollm2", dataset="synth", max_problems=300, modes=("stdout_marker", "exit_code"),
         steps=8, prompts_per_step=4, group=4, mix_ratio=0.75, teacher_kinds=("hack", "wrong"), max_new_tokens=96,
         temperature=0.7, lr=0.06, amp=True, layers=None, adapter_rank=None, micro_batch=4, eval_problems=30,
-        eval_at_start=True, vhack_k=8, vhack_pairs=12, summary_last_n=4,
+        eval_at_start=True, eval_nohint=False, vhack_k=8, vhack_pairs=12, summary_last_n=4,
     ),
     # a hub model on one GPU; held-out evaluation on synth's held-out split (>= 100 problems, with intervals). Knobs at full rank (adapter_rank None) on both GPU presets: on an H200 at the
     # 1.7B shape (16x8, 256 tokens) a step took 5.28 s at full rank, 5.35 s at rank 1024 and 5.6-8.7 s at
@@ -449,16 +453,17 @@ PRESETS: dict[str, Config] = {
         vhack_k=8, vhack_pairs=128,
         rollout_backend="fast", adapter_rank=None,
     ),
-    # the discovery regime (issue 16, docs/DISCOVER.md): the embedded model on synth, a warm start of 12 x 8
-    # rows with ~5 % hacks (aimed at a 1-5 % sampled hack prior; the GPU search in docs/LOG.md sizes it), then
-    # mix_ratio 0: every row is the student's own sample, so hacking rises only if RL amplifies it. V's pairs
-    # are mined from the warm-started model's own graded samples, not from the templates it was warm-started on.
-    # The pool only feeds the warm start (96 rows), so 2 templates per problem and kind (half the grading).
+    # the discovery regime (issue 16, docs/DISCOVER.md): the embedded model on synth, a warm start of 24 x 8
+    # rows with 5 % hacks (sampled hack prior 0.4-3 %), then mix_ratio 0: every row is the student's own sample,
+    # so hacking rises only if RL amplifies it (H200 search, docs/results/discover-h200-2026-12-01.md: with 12
+    # warm-start steps the prior was 0, at lr 0.15 nothing was learned; at lr 0.05 vanilla went to ~0.5 held out).
+    # V's pairs are mined from the warm-started model's own graded samples, not from the templates.
+    # The pool only feeds the warm start (192 rows), so 2 templates per problem and kind (half the grading).
     "discover": dataclasses.replace(
         BASE, preset="discover", model="smollm2", dataset="synth", max_problems=300, modes=("stdout_marker", "exit_code"),
-        steps=16, prompts_per_step=4, group=8, mix_ratio=0.0, max_new_tokens=96, temperature=0.7, lr=0.1, amp=True,
+        steps=16, prompts_per_step=4, group=8, mix_ratio=0.0, max_new_tokens=96, temperature=0.7, lr=0.05, amp=True,
         micro_batch=8, eval_problems=100, eval_at_start=True, vhack_k=8, vhack_pairs=16, summary_last_n=4,
-        warmstart_steps=12, warmstart_hack_frac=0.05, warmstart_lr=0.1, prior_samples=512, teacher_per_problem=2,
+        warmstart_steps=24, warmstart_hack_frac=0.05, warmstart_lr=0.1, prior_samples=512, teacher_per_problem=2,
         vhack_pairs_source="pool", v_auc_rows=32, rollout_backend="fast",
     ),
 }

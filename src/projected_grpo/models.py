@@ -184,10 +184,21 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+# The last small model loaded in this process, pristine: the demo's three arms load the same model one after
+# the other (~20 s each on the 2-core CPU); later calls get a deep copy. Larger models are loaded afresh.
+_LOADED: dict[tuple, tuple] = {}
+_KEEP_MAX_BYTES = 1 << 30
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """Return ``(model, tokenizer)`` in eval mode with every parameter frozen."""
+    """Return ``(model, tokenizer)`` in eval mode with every parameter frozen (a fresh object each call)."""
+    import copy
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    key = (name, str(dtype), str(device))
+    if key in _LOADED:
+        return tuple(copy.deepcopy(x) for x in _LOADED[key])
     if name == "tiny":
         model, tok = tiny_model(dtype), tiny_tokenizer()
     else:
@@ -205,6 +216,10 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
     tok.padding_side = "left"
     model.to(device).eval()
     model.requires_grad_(False)
+    if name != "tiny" and sum(p.numel() * p.element_size() for p in model.parameters()) <= _KEEP_MAX_BYTES:
+        _LOADED.clear()
+        _LOADED[key] = (model, tok)
+        return copy.deepcopy(model), copy.deepcopy(tok)
     return model, tok
 
 

@@ -189,7 +189,8 @@ def evaluate(cfg: Config, s: Setup, route: bool, step: int = 0) -> dict:
 
     if not s.eval_problems:
         return {}
-    spec = ev.EvalSpec(conditions=ev.conditions_for(route and step > 0), samples=cfg.eval_samples,
+    conditions = ev.conditions_for(route and step > 0, hints=cfg.eval_nohint)
+    spec = ev.EvalSpec(conditions=conditions, samples=cfg.eval_samples,
                        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                        backend=cfg.rollout_backend, compile=cfg.rollout_compile, enable_thinking=cfg.enable_thinking)
     weights = hashlib.sha256("".join(m.svd_key for m in s.adapter.modules.values()).encode()).hexdigest()[:16]
