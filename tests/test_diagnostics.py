@@ -42,6 +42,20 @@ def test_kl_zero_at_base_positive_when_moved_and_ablation_sees_only_delta_s(tiny
     assert d2["kl_base_abl"] == d2["kl_base_kept"] and d2["fmt_abl"] == d2["fmt_kept"]
 
 
+def test_kl_rows_caps_the_rows_the_kl_is_computed_on(tiny_adapter):
+    """eval_kl_rows (the CPU demo's budget): KL on the first N rows only; formats still on every row."""
+    model, tok, adapter = tiny_adapter
+    with torch.no_grad():
+        for m in adapter.modules.values():
+            m.delta_s.normal_(0, 0.3)
+    prompts = _prompts(tok, 4)
+    texts = ["```python\ndef f(): return 1\n```", "return a + b", "def g(x):\n    return x", "no code here"]
+    capped = metrics(adapter, tok, prompts, {"kept": texts}, None, kl_rows=2)
+    assert capped["kl_base_kept"] == pytest.approx(kl_to_base(adapter, tok, prompts[:2], texts[:2], ablate=False))
+    assert capped["kl_base_kept"] != pytest.approx(metrics(adapter, tok, prompts, {"kept": texts}, None)["kl_base_kept"])
+    assert capped["fmt_kept"] == pytest.approx(1 / 4)  # behaviour still over all four
+
+
 def test_kl_matches_a_direct_computation(tiny_adapter):
     model, tok, adapter = tiny_adapter
     with torch.no_grad():

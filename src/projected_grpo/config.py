@@ -186,6 +186,9 @@ class Config:
     eval_nohint: bool = True
     """Also evaluate the deployed model on prompts without the loophole hint (`solve_nohint`, `hack_nohint`);
     the CPU demo leaves it out to save one generation pass per evaluation."""
+    eval_kl_rows: int = 0
+    """KL to the base model (`kl_base_kept/abl`) on the first N evaluated problems' greedy completions; 0 = all
+    of them (two forward passes a completion: the CPU demo uses 12 to fit its budget)."""
     sandbox_workers: int = 0
     """Grader processes; 0 = one per CPU core."""
     sandbox_timeout_s: float = 5.0
@@ -242,8 +245,8 @@ class Config:
                 bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.mix_ratio <= 1.0:
             bad(f"--mix-ratio must be in [0, 1], got {self.mix_ratio}")
-        if self.eval_problems < 0 or self.eval_every < 0 or self.vhack_refresh_every < 0 or self.eval_samples < 0:
-            bad("--eval-problems, --eval-every, --eval-samples and --vhack-refresh-every must be >= 0")
+        if min(self.eval_problems, self.eval_every, self.vhack_refresh_every, self.eval_samples, self.eval_kl_rows) < 0:
+            bad("--eval-problems, --eval-every, --eval-samples, --eval-kl-rows and --vhack-refresh-every must be >= 0")
         if self.lr <= 0:
             bad(f"--lr must be positive, got {self.lr}")
         if not 0.0 < self.top_p <= 1.0 or self.temperature < 0:
@@ -356,7 +359,7 @@ _LATE_FIELDS = {"amp": False, "enable_thinking": False, "deterministic": False, 
                 "prior_samples": 64, "vhack_pairs_source": "templates", "v_auc_rows": 0,
                 "ppo_epochs": 1}  # field -> the value under which it is left out of the hash
 _BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples",
-                "eval_at_start", "eval_nohint"}
+                "eval_at_start", "eval_nohint", "eval_kl_rows"}
 # seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.
 
 
@@ -410,7 +413,7 @@ BASE = Config()
 PRESET_HELP: dict[str, str] = {
     "smoke": "plumbing test: a random-weight tiny model on the 13 builtin problems, 4 steps, under a minute on a "
              "CPU; it cannot learn, so every student and evaluation rate is 0 and study readings are n/a",
-    "demo": "the method on a CPU: SmolLM2-135M on synth (300 training problems, 30 held-out), 8 steps, a few "
+    "demo": "the method on a CPU: SmolLM2-135M on synth (300 training problems, 24 held-out), 8 steps, a few "
             "minutes an arm; held-out hack and solve with intervals at the start and the end of every arm (README)",
     "fast": "a real model on one GPU: Qwen3-4B on HumanEval, 60 steps of 4 prompts x 8, evaluation every 10 "
             "steps on 32 problems; no reference numbers yet",
@@ -435,8 +438,8 @@ PRESETS: dict[str, Config] = {
     "demo": dataclasses.replace(
         BASE, preset="demo", model="smollm2", dataset="synth", max_problems=300, modes=("stdout_marker", "exit_code"),
         steps=8, prompts_per_step=4, group=4, mix_ratio=0.75, teacher_kinds=("hack", "wrong"), max_new_tokens=96,
-        temperature=0.7, lr=0.06, amp=True, layers=None, adapter_rank=None, micro_batch=4, eval_problems=30,
-        eval_at_start=True, eval_nohint=False, vhack_k=8, vhack_pairs=12, summary_last_n=4,
+        temperature=0.7, lr=0.06, amp=True, layers=None, adapter_rank=None, micro_batch=4, eval_problems=24,
+        eval_at_start=True, eval_nohint=False, eval_kl_rows=12, vhack_k=8, vhack_pairs=12, summary_last_n=4,
     ),
     # a hub model on one GPU; held-out evaluation on synth's held-out split (>= 100 problems, with intervals). Knobs at full rank (adapter_rank None) on both GPU presets: on an H200 at the
     # 1.7B shape (16x8, 256 tokens) a step took 5.28 s at full rank, 5.35 s at rank 1024 and 5.6-8.7 s at

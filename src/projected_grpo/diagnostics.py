@@ -94,15 +94,17 @@ def knob_shares(adapter, V: dict[str, torch.Tensor] | None) -> dict[str, float |
 
 
 def metrics(adapter, tokenizer, prompts: Sequence[str], texts: dict[str, Sequence[str]],
-            V: dict[str, torch.Tensor] | None) -> dict:
+            V: dict[str, torch.Tensor] | None, kl_rows: int = 0) -> dict:
     """Every deployed-model diagnostic. ``texts``: {view: the model's own completions of ``prompts``},
-    view ``kept`` and optionally ``abl`` (absent: δS_hack is zero, abl = kept)."""
+    view ``kept`` and optionally ``abl`` (absent: δS_hack is zero, abl = kept). ``kl_rows`` > 0: the KL
+    to base on the first ``kl_rows`` rows only (two forward passes a row; the CPU demo's budget)."""
+    n = kl_rows or len(prompts)
     out = knob_shares(adapter, V)
     for view in ("kept", "abl"):
         if view not in texts:  # δS_hack = 0: the ablated model is the kept one
             out |= {f"{k}_abl": out[f"{k}_kept"] for k in ("kl_base", "fmt", "form_class")}
             continue
-        out[f"kl_base_{view}"] = kl_to_base(adapter, tokenizer, prompts, texts[view], ablate=view == "abl")
+        out[f"kl_base_{view}"] = kl_to_base(adapter, tokenizer, prompts[:n], texts[view][:n], ablate=view == "abl")
         out |= {f"{k}_{view}": v for k, v in behaviour(texts[view]).items()}
     return out
 
@@ -118,9 +120,9 @@ def from_eval(adapter, tokenizer, prompts: Sequence[str], texts: dict, grades: d
     return out
 
 
-def eval_extra(V: dict[str, torch.Tensor] | None):
+def eval_extra(V: dict[str, torch.Tensor] | None, kl_rows: int = 0):
     """An evaluate.py extra metric (``f(ctx) -> dict``): the diagnostics on the evaluation's greedy
-    completions with hints, kept and (when generated) ablated."""
+    completions with hints, kept and (when generated) ablated (``kl_rows``: see metrics)."""
     def f(ctx) -> dict:
         from .env.prompts import render_prompt
 
@@ -133,7 +135,7 @@ def eval_extra(V: dict[str, torch.Tensor] | None):
                 recs = sorted(ctx.result.select(view=view, hint=True, decode="greedy"), key=lambda r: r.problem)
                 texts[view] = [r.text for r in recs]
             per_problem |= per_problem_rates(ctx.result.select(view=view, hint=True), len(ctx.problems), view)
-        return {**metrics(ctx.adapter, ctx.tokenizer, prompts, texts, V), **per_problem}
+        return {**metrics(ctx.adapter, ctx.tokenizer, prompts, texts, V, kl_rows), **per_problem}
     return f
 
 

@@ -197,7 +197,7 @@ def evaluate(cfg: Config, s: Setup, route: bool, step: int = 0) -> dict:
     key = None if step else {"model": cfg.model, "weights": weights, "dtype": str(s.model.dtype), "amp": cfg.amp,
                              "dataset": cfg.dataset, "device": s.model.device.type, "timeout": cfg.sandbox_timeout_s,
                              **warmstart.base_key(s.adapter)}  # a warm start is part of the step-0 model
-    diag = diagnostics.eval_extra(s.basis.V if s.basis is not None else None)  # deployed-model diagnostics
+    diag = diagnostics.eval_extra(s.basis.V if s.basis is not None else None, cfg.eval_kl_rows)  # deployed-model diagnostics
 
     def extra(ctx) -> dict:
         with autocast(cfg, s):
@@ -673,7 +673,7 @@ def print_summary(cfg: Config, path: Path, s: dict) -> None:
         line = f"   eval: hack kept {f(e.get('hack_kept'))} solve kept {f(e.get('solve_kept'))}"
         if cfg.intervention == "route":
             line += f" | ablated: hack {f(e.get('hack_abl'))} solve {f(e.get('solve_abl'))}"
-        print(line + f" | no-hint solve {f(e.get('solve_nohint'))}")
+        print(line + (f" | no-hint solve {f(e['solve_nohint'])}" if e.get("solve_nohint") is not None else ""))
     by_mode = {m: c for m, c in s["hack_s_by_mode"].items() if c}
     if by_mode:
         print("   student hacks by mechanism: " + ", ".join(f"{m} {c}" for m, c in by_mode.items()))
