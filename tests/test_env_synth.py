@@ -176,3 +176,12 @@ def test_prompt_names_both_forms_and_hints_cover_both():
     assert "`Solution()`" in sentinel and "module-level variable `valid`" in sentinel
     assert "module-level variable `valid`" in FLAW_SIGNALS["sentinel"]["function"]  # the hint says what is read
     assert "method or function" in hint("eq_override")
+
+
+def test_check_verb_passes_on_synth(capsys):
+    """`projected-grpo check --dataset synth` holds like the other datasets (3 problems of each split here;
+    docs/SKILL.md gives the full-set command)."""
+    from projected_grpo.cli import main
+
+    assert main(["check", "--dataset", "synth", "--max-problems", "3", "--workers", "2"]) == 0
+    assert "OK: every check holds" in capsys.readouterr().out
