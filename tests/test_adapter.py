@@ -96,6 +96,8 @@ def test_svd_cache_keyed_by_content(tiny):
     w2 = w.detach().clone()
     w2[0, 0] += 1e-3
     assert svd_factors(w2, None)[3] != key  # a changed weight can never hit the old entry
+    U[0, 0] = float("nan")  # a caller writing into its factors (the in-process memo hands out copies)
+    assert torch.isfinite(svd_factors(w, None)[0]).all()
 
 
 def test_save_load_round_trip_and_refuse_other_base(tiny_adapter, tmp_path):

@@ -55,8 +55,9 @@ def weight_key(weight: torch.Tensor, rank: int | None) -> str:
 
 
 # Factors already read in this process (the demo's three arms attach the same model one after the other:
-# reading ~1 GB of factors again costs ~14 s on the 2-core CPU). Bounded: models larger than this budget re-read.
-# The factors are constant buffers (never written in place), so arms may share them.
+# reading ~1 GB of factors again costs ~14 s on the 2-core CPU, copying them ~0.5 s). Bounded: models larger
+# than this budget re-read. Every caller gets its own copy: a layer's buffers may be written in place (tests
+# plant values in them), and that must never reach the next adapter.
 _MEMO: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 _MEMO_MAX_BYTES = 2 << 30
 
@@ -64,14 +65,14 @@ _MEMO_MAX_BYTES = 2 << 30
 def _remember(key: str, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor) -> None:
     used = sum(t.numel() * t.element_size() for f in _MEMO.values() for t in f)
     if used + sum(t.numel() * t.element_size() for t in (U, S, Vh)) <= _MEMO_MAX_BYTES:
-        _MEMO[key] = (U, S, Vh)
+        _MEMO[key] = (U.clone(), S.clone(), Vh.clone())
 
 
 def svd_factors(weight: torch.Tensor, rank: int | None, use_cache: bool = True):
     """``U (out, r), S (r,), Vh (r, in)`` of the fp32 weight, top-``rank`` directions kept."""
     key = weight_key(weight, rank)
     if use_cache and key in _MEMO:
-        return (*_MEMO[key], key)
+        return (*(t.clone() for t in _MEMO[key]), key)
     path = cache_dir() / "svd" / f"{key}.safetensors"
     if use_cache and path.exists():
         t = load_file(path)

@@ -184,8 +184,8 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-# The last small model loaded in this process, pristine: the demo's three arms load the same model one after
-# the other (~20 s each on the 2-core CPU); later calls get a deep copy. Larger models are loaded afresh.
+# The last small model loaded on the CPU in this process, pristine: the demo's three arms load the same model
+# one after the other (~20 s each on the 2-core CPU); later calls get a deep copy. Others are loaded afresh.
 _LOADED: dict[tuple, tuple] = {}
 _KEEP_MAX_BYTES = 1 << 30
 
@@ -216,7 +216,8 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
     tok.padding_side = "left"
     model.to(device).eval()
     model.requires_grad_(False)
-    if name != "tiny" and sum(p.numel() * p.element_size() for p in model.parameters()) <= _KEEP_MAX_BYTES:
+    small = sum(p.numel() * p.element_size() for p in model.parameters()) <= _KEEP_MAX_BYTES
+    if name != "tiny" and torch.device(device).type == "cpu" and small:  # a GPU run loads once per process
         _LOADED.clear()
         _LOADED[key] = (model, tok)
         return copy.deepcopy(model), copy.deepcopy(tok)
