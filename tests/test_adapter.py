@@ -96,8 +96,14 @@ def test_svd_cache_keyed_by_content(tiny):
     w2 = w.detach().clone()
     w2[0, 0] += 1e-3
     assert svd_factors(w2, None)[3] != key  # a changed weight can never hit the old entry
-    U[0, 0] = float("nan")  # a caller writing into its factors (the in-process memo hands out copies)
-    assert torch.isfinite(svd_factors(w, None)[0]).all()
+    from projected_grpo.adapter import shared_factors
+
+    with shared_factors():  # the demo's in-process memo: copies of the very file's bits
+        U3 = svd_factors(w, None)[0]
+        U4 = svd_factors(w, None)[0]  # from the memo
+        assert torch.equal(U3, U) and torch.equal(U4, U)
+        U4[0, 0] = float("nan")  # a caller writing into its factors never reaches the next one
+        assert torch.isfinite(svd_factors(w, None)[0]).all()
 
 
 def test_save_load_round_trip_and_refuse_other_base(tiny_adapter, tmp_path):

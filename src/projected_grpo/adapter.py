@@ -54,31 +54,57 @@ def weight_key(weight: torch.Tensor, rank: int | None) -> str:
     return h.hexdigest()[:24]
 
 
-# Factors already read from (or written to) a cache file in this process, by file path (the demo's three arms
+# Factors already read from (or written to) a cache file in this process, by file (the demo's three arms
 # attach the same model one after the other: reading ~1 GB of factors again costs ~14 s on the 2-core CPU,
-# copying them ~0.5 s). Keyed by the file, so a process never uses other bits than the file that other
-# processes of the same cache read (an SVD recomputed elsewhere can differ in the last bits). Bounded: models
-# larger than the budget re-read. Every caller gets its own copy: a layer's buffers may be written in place
-# (tests plant values in them), and that must never reach the next adapter.
-_MEMO: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+# copying them ~0.5 s). Off unless a caller turns it on (`shared_factors()`: the demo verb), and an entry
+# holds only while the file on disk is the one it was read from (same inode, size and mtime), so a process
+# never uses other bits than the file other processes of that cache read (an SVD recomputed elsewhere can
+# differ in the last bits). Bounded: models larger than the budget re-read. Every caller gets its own copy:
+# a layer's buffers may be written in place (tests plant values in them), and that must never reach the next.
+_MEMO: dict[str, tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
 _MEMO_MAX_BYTES = 2 << 30
+_MEMO_ON = False
 
 
-def _remember(path: str, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor) -> None:
-    used = sum(t.numel() * t.element_size() for f in _MEMO.values() for t in f)
-    if used + sum(t.numel() * t.element_size() for t in (U, S, Vh)) <= _MEMO_MAX_BYTES:
-        _MEMO[path] = (U.clone(), S.clone(), Vh.clone())
+@contextlib.contextmanager
+def shared_factors() -> Iterator[None]:
+    """Within: adapters attached in this process reuse SVD factors already read (see _MEMO); emptied on exit."""
+    global _MEMO_ON
+    _MEMO_ON = True
+    try:
+        yield
+    finally:
+        _MEMO_ON = False
+        _MEMO.clear()
+
+
+def _stamp(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _remember(path: Path, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor) -> None:
+    used = sum(t.numel() * t.element_size() for _, f in _MEMO.values() for t in f)
+    if _MEMO_ON and used + sum(t.numel() * t.element_size() for t in (U, S, Vh)) <= _MEMO_MAX_BYTES:
+        _MEMO[str(path)] = (_stamp(path), (U.clone(), S.clone(), Vh.clone()))
+
+
+def _recall(path: Path):
+    entry = _MEMO.get(str(path)) if _MEMO_ON else None
+    if entry is None or not path.exists() or _stamp(path) != entry[0]:
+        return None
+    return tuple(t.clone() for t in entry[1])
 
 
 def svd_factors(weight: torch.Tensor, rank: int | None, use_cache: bool = True):
     """``U (out, r), S (r,), Vh (r, in)`` of the fp32 weight, top-``rank`` directions kept."""
     key = weight_key(weight, rank)
     path = cache_dir() / "svd" / f"{key}.safetensors"
-    if use_cache and str(path) in _MEMO and path.exists():  # the bits of that file: what other processes read
-        return (*(t.clone() for t in _MEMO[str(path)]), key)
+    if use_cache and (hit := _recall(path)) is not None:  # the bits of that very file
+        return (*hit, key)
     if use_cache and path.exists():
         t = load_file(path)
-        _remember(str(path), t["U"], t["S"], t["Vh"])
+        _remember(path, t["U"], t["S"], t["Vh"])
         return t["U"], t["S"], t["Vh"], key
     # on the weight's own device: a GPU factors a 4B model's Linears in seconds, a CPU in minutes
     if weight.is_cuda:
@@ -93,7 +119,7 @@ def svd_factors(weight: torch.Tensor, rank: int | None, use_cache: bool = True):
         tmp = path.with_suffix(f".tmp{os.getpid()}")  # never draw from torch RNG here
         save_file({"U": U, "S": S, "Vh": Vh}, tmp)
         tmp.replace(path)
-        _remember(str(path), U, S, Vh)
+        _remember(path, U, S, Vh)
     return U, S, Vh, key
 
 

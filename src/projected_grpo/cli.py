@@ -67,6 +67,7 @@ class DemoArgs:
 
 
 def cmd_demo(argv: list[str]) -> int:
+    from .adapter import shared_factors
     from .report import plot_cli, results_cli
     from .train import train
 
@@ -75,12 +76,13 @@ def cmd_demo(argv: list[str]) -> int:
     over = {k: v for k, v in (("steps", args.steps), ("model", args.model), ("amp", args.amp),
                               ("max_problems", args.max_problems)) if v is not None}
     runs = []
-    for arm in ("none", "erase", "route"):
-        # every arm evaluates step 0; its completions are generated once (the untrained model is the same)
-        cfg = dataclasses.replace(base, intervention=arm, seed=args.seed, run_dir=f"{args.out}/{arm}",
-                                  resume=args.resume and rundir.is_run(Path(args.out, arm)), force=args.force,
-                                  **over)
-        runs.append(str(train(cfg)))
+    with shared_factors():  # the arms attach the same model: read its SVD factors once
+        for arm in ("none", "erase", "route"):
+            # every arm evaluates step 0; its completions are generated once (the untrained model is the same)
+            cfg = dataclasses.replace(base, intervention=arm, seed=args.seed, run_dir=f"{args.out}/{arm}",
+                                      resume=args.resume and rundir.is_run(Path(args.out, arm)), force=args.force,
+                                      **over)
+            runs.append(str(train(cfg)))
     table = Path(args.out) / "results.md"
     rc = results_cli(runs, last=base.summary_last_n, fmt="md", out=str(table))
     print(table.read_text() if table.exists() else "")
