@@ -91,7 +91,11 @@ def test_two_ranks_shard_the_evaluation_and_equal_one_process(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                              "29571", __file__, str(tmp_path)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    single = evaluate_tiny(tmp_path / "cache-single")  # meanwhile, the reference in this process (world 1)
+    threads = torch.get_num_threads()
+    try:  # meanwhile, the reference in this process (world 1), single-threaded like the ranks
+        single = evaluate_tiny(tmp_path / "cache-single")
+    finally:  # never leave this process single-threaded: later in-process runs must match their subprocesses
+        torch.set_num_threads(threads)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
