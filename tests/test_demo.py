@@ -50,17 +50,18 @@ def test_demo_command_runs_three_arms_and_reports(tmp_path, capsys, monkeypatch)
 
 
 def test_a_second_load_of_the_embedded_model_is_an_independent_copy():
-    """load_model keeps the last small model of the process and hands out deep copies (the demo's arms):
+    """Inside shared_loads, load_model keeps the last small model and hands out deep copies (the demo's arms):
     same weights and tokenizer, and writing into one copy never reaches another."""
     import torch
 
-    from projected_grpo.models import load_model
+    from projected_grpo.models import load_model, shared_loads
 
-    (m1, t1), (m2, t2) = load_model("smollm2"), load_model("smollm2")
-    p1, p2 = dict(m1.named_parameters()), dict(m2.named_parameters())
-    assert p1.keys() == p2.keys() and all(torch.equal(p1[k], p2[k]) for k in p1)
-    name = next(iter(p1))
-    p1[name].data.add_(1.0)
-    assert not torch.equal(p1[name], p2[name])
-    assert torch.equal(dict(load_model("smollm2")[0].named_parameters())[name], p2[name])
-    assert t1("def f(x):")["input_ids"] == t2("def f(x):")["input_ids"] and t2.padding_side == "left"
+    with shared_loads():  # as the demo verb does
+        (m1, t1), (m2, t2) = load_model("smollm2"), load_model("smollm2")
+        p1, p2 = dict(m1.named_parameters()), dict(m2.named_parameters())
+        assert p1.keys() == p2.keys() and all(torch.equal(p1[k], p2[k]) for k in p1)
+        name = next(iter(p1))
+        p1[name].data.add_(1.0)
+        assert not torch.equal(p1[name], p2[name])
+        assert torch.equal(dict(load_model("smollm2")[0].named_parameters())[name], p2[name])
+        assert t1("def f(x):")["input_ids"] == t2("def f(x):")["input_ids"] and t2.padding_side == "left"

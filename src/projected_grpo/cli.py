@@ -68,6 +68,7 @@ class DemoArgs:
 
 def cmd_demo(argv: list[str]) -> int:
     from .adapter import shared_factors
+    from .models import shared_loads
     from .report import plot_cli, results_cli
     from .train import train
 
@@ -76,7 +77,7 @@ def cmd_demo(argv: list[str]) -> int:
     over = {k: v for k, v in (("steps", args.steps), ("model", args.model), ("amp", args.amp),
                               ("max_problems", args.max_problems)) if v is not None}
     runs = []
-    with shared_factors():  # the arms attach the same model: read its SVD factors once
+    with shared_loads(), shared_factors():  # the arms load the same model: read it and its SVD factors once
         for arm in ("none", "erase", "route"):
             # every arm evaluates step 0; its completions are generated once (the untrained model is the same)
             cfg = dataclasses.replace(base, intervention=arm, seed=args.seed, run_dir=f"{args.out}/{arm}",

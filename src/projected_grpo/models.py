@@ -14,10 +14,12 @@ Owns model loading and the cache folder; must never import train, evaluate or th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -184,10 +186,23 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-# The last small model loaded on the CPU in this process, pristine: the demo's three arms load the same model
-# one after the other (~20 s each on the 2-core CPU); later calls get a deep copy. Others are loaded afresh.
+# Inside `shared_loads()` (the demo verb), the last small model loaded on the CPU, pristine: the demo's three
+# arms load the same model one after the other (~20 s each on the 2-core CPU); later calls get a deep copy.
 _LOADED: dict[tuple, tuple] = {}
 _KEEP_MAX_BYTES = 1 << 30
+_SHARE = False
+
+
+@contextlib.contextmanager
+def shared_loads() -> Iterator[None]:
+    """Within: load_model keeps the last small CPU model and hands out deep copies; forgotten on exit."""
+    global _SHARE
+    _SHARE = True
+    try:
+        yield
+    finally:
+        _SHARE = False
+        _LOADED.clear()
 
 
 def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
@@ -217,7 +232,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
     model.to(device).eval()
     model.requires_grad_(False)
     small = sum(p.numel() * p.element_size() for p in model.parameters()) <= _KEEP_MAX_BYTES
-    if name != "tiny" and torch.device(device).type == "cpu" and small:  # a GPU run loads once per process
+    if _SHARE and name != "tiny" and torch.device(device).type == "cpu" and small:
         _LOADED.clear()
         _LOADED[key] = (model, tok)
         return copy.deepcopy(model), copy.deepcopy(tok)
