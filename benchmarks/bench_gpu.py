@@ -7,6 +7,7 @@ One call on the GPU machine prints one table and writes it as markdown (``--md``
   python3 benchmarks/bench_gpu.py --section decode      # decode rows: fast vs HF generate, 0.6B/1.7B/4B, b64/b256
   python3 benchmarks/bench_gpu.py --section check       # fast backend == HF on the device (fp32 / bf16)
   python3 benchmarks/bench_gpu.py --section svd         # SVD drivers, adapter.svd_factors per shape, pytest -m gpu
+  python3 benchmarks/bench_gpu.py --section profile     # torch.profiler over one train.backward, micro-batch 32/64, --deterministic
   python3 benchmarks/bench_gpu.py --section folders     # only build the model folders (for projected-grpo train)
   .venv/bin/python benchmarks/bench_gpu.py --cpu-smoke  # every code path, tiny shapes, CPU
 
@@ -222,7 +223,7 @@ def check_equal(smoke: bool, dev):
         logits = torch.randn(64, V, device=dev) * 3
         seeds = torch.randint(0, 2 ** 31 - 1, (64,), device=dev)
         pos = torch.tensor([7], device=dev)
-        _, _, cs = fastgen.kernels(True)
+        *_, cs = fastgen.kernels(True)
         for tp in (1.0, 0.9):
             a = fastgen.sample_t(logits, seeds, pos, 0.7, tp)
             b = cs(logits, seeds, pos, 0.7, tp)
@@ -260,7 +261,7 @@ def decode_bench(smoke: bool, dev, ceil: dict, shapes, batches, n_new: int, prom
                 prompts = prompts_of(tok, B, prompt_len, seed=B)
                 avg_ctx = prompt_len + n_new / 2
                 floor_ms = (wbytes + kvt * B * avg_ctx) / (ceil["copy_TBps"] * 1e12) * 1e3
-                runs = [("fast", dict(compile=None, attn="bmm"))]
+                runs = [("fast", dict(compile=None, attn="bmm")), ("fast triton", dict(compile=None, attn="triton"))]
                 if variants and B == batches[-1] and name == shapes[0]:
                     runs += [("fast graphs, no compile", dict(compile=False, attn="bmm")),
                              ("fast graphs, no compile, sdpa attention", dict(compile=False, attn="sdpa")),
@@ -500,25 +501,19 @@ class Trainer:
         self.new_basis()
 
     def new_basis(self):
-        from projected_grpo.projection import Projector, UpdateProjector
-
         sync()
         t = time.perf_counter()
-        self.basis = self.tr.basis_for(self.cfg, self.s)
+        self.s.basis = self.basis = self.tr.basis_for(self.cfg, self.s)
         sync()
         self.basis_s = time.perf_counter() - t
-        self.projector = Projector(self.s.adapter, self.basis.V, self.cfg.intervention, self.cfg.gate,
-                                   self.cfg.overshoot, self.cfg.preserve_magnitude)
-        self.update_proj = UpdateProjector(self.projector, self.cfg.project_update)
         self.reset()
 
     def reset(self):
-        """Knobs to zero, a fresh AdamW and schedule: the state of a new run's step 0."""
+        """Knobs to zero, a fresh Updater (projection, AdamW, schedule): the state of a new run's step 0."""
         with torch.no_grad():
             for p in self.s.adapter.parameters():
                 p.zero_()
-        self.opt = torch.optim.AdamW(self.s.adapter.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.tr.lr_lambda(self.cfg))
+        self.upd = self.tr.Updater.build(self.cfg, self.s.adapter, self.basis.V)
 
     def rerank(self, rank):
         """Re-attach the adapter at another rank on the same loaded model (SVD from the memo)."""
@@ -558,11 +553,13 @@ class Trainer:
         orig_lp = tr._logprobs
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        p = self.projector
+        p, upd = self.upd.projector, self.upd
+        t0 = time.perf_counter()
         with patched(tr, "backward", timed("fwd_bwd_s", tr.backward)), patched(tr, "_logprobs", shapes), \
                 patched(p, "apply", timed("proj_s", p.apply)), patched(p, "cin", timed("proj_s", p.cin)), \
-                patched(self.opt, "step", timed("adamw_s", self.opt.step)):
-            row = tr.train_step(self.cfg, self.s, p, self.update_proj, self.opt, self.sched, step)
+                patched(upd.opt, "step", timed("adamw_s", upd.opt.step)):
+            parts, diag = tr.train_step(self.cfg, self.s, upd, step)
+            row = tr.metrics_row(self.cfg, self.s, step, parts, diag, upd.lr, t0)
         n_tok = round(row["tokens_per_s"] * row["gen_time_s"]) if row.get("tokens_per_s") else 0
         fb = TIMES.get("fwd_bwd_s", float("nan"))
         fl = train_flops(self.s, SHAPES, n_tok)
@@ -653,6 +650,75 @@ def trainer_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return folder, prompts
+
+
+def profiled(fn, store: list):
+    """``fn`` run under torch.profiler (CPU + CUDA); the profile is appended to ``store``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def wrapper(*a, **kw):
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with profile(activities=acts) as prof:
+            out = fn(*a, **kw)
+            sync()
+        store.append(prof)
+        return out
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
+def _dev_time(e) -> float:
+    return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+
+
+def profile_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int, T: int, out: str | None):
+    """Where the trainer's forward/backward goes: one ``train.backward`` under torch.profiler (top kernels
+    by device time, the device-busy fraction of its wall time), then the same step at larger micro-batches,
+    then ``--deterministic`` (steps 0-1 twice from the same state)."""
+    import dataclasses
+
+    folder = model_folder(name, root, smoke)
+    tr = Trainer(folder, smoke, T, None, P, G, micro=16)  # rank None: the GPU presets' full rank
+    record("setup", f"{name}: setup() + basis_for() on {tr.device}, full rank", setup_s=tr.setup_s,
+           load_s=tr.load_s, svd_all_linears_s=tr.svd_s, basis_s=tr.basis_s, basis_axes=tr.basis.n_axes)
+    ours(tr, ceil, f"{name} T{T} full rank, micro 16", 3)
+    profs: list = []
+    with patched(tr.tr, "backward", profiled(tr.tr.backward, profs)):
+        t = time.perf_counter()
+        tr.step(5)
+        wall = TIMES.get("fwd_bwd_s", time.perf_counter() - t)
+    prof = profs[-1]
+    ka = prof.key_averages()
+    busy = sum(_dev_time(e) for e in ka) / 1e6
+    key = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
+    by_dev = ka.table(sort_by=key, row_limit=45) if torch.cuda.is_available() else ""
+    by_cpu = ka.table(sort_by="self_cpu_time_total", row_limit=25)
+    top = sorted(ka, key=_dev_time, reverse=True)[:12]
+    record("profile", f"{name}: one train.backward under torch.profiler (profiled wall includes its overhead)",
+           wall_s=wall, device_busy_s=busy, busy_frac=busy / wall if wall else None,
+           **{f"top{i}": f"{e.key[:60]} {_dev_time(e) / 1e6:.3f}s x{e.count}" for i, e in enumerate(top)})
+    text = f"device-busy {busy:.3f} s of {wall:.3f} s\n\n{by_dev}\n\n{by_cpu}\n"
+    log(text)
+    if out:
+        Path(out).write_text(text)
+    for micro in (32, 64) if not smoke else (4,):
+        tr.cfg = dataclasses.replace(tr.cfg, micro_batch=micro)
+        tr.reset()
+        ours(tr, ceil, f"{name} T{T} full rank, micro {micro}", 2, first_step=30)
+    tr.cfg = dataclasses.replace(tr.cfg, micro_batch=16)
+    from projected_grpo.train import set_deterministic
+
+    set_deterministic()
+    runs = []
+    for _ in range(2):
+        tr.reset()
+        runs.append(ours(tr, ceil, f"{name} T{T} full rank, --deterministic, steps 0-1", 2))
+    diffs = {k: max(abs((a[k] or 0.0) - (b[k] or 0.0)) for a, b in zip(*runs)) for k in METRIC_KEYS}
+    record("determinism", f"{name}: --deterministic, steps 0-1 twice from the same state",
+           equal=runs[0] == runs[1], **{f"maxdiff_{k}": v for k, v in diffs.items()})
+    tr.s.grader.close()
+    del tr
+    SVD_MEMO.clear()
 
 
 def svd_bench(smoke: bool, dev):
@@ -803,10 +869,11 @@ def write(md: str | None, js: str | None, header: str):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU: exercise every code path")
-    ap.add_argument("--section", default="trainer", choices=["trainer", "check", "decode", "extra", "second", "svd", "folders"])
+    ap.add_argument("--section", default="trainer", choices=["trainer", "profile", "check", "decode", "extra", "second", "svd", "folders"])
     ap.add_argument("--md")
     ap.add_argument("--json")
     ap.add_argument("--junit", help="where `pytest -m gpu` writes its junit xml")
+    ap.add_argument("--profile-out", help="where --section profile writes the profiler tables")
     ap.add_argument("--models", default=os.environ.get("BENCH_MODELS", "/dev/shm/pgrpo-models"),
                     help="folder for the random-weight model folders")
     ap.add_argument("--budget-s", type=float, default=1e9,
@@ -875,6 +942,9 @@ def main():
                 ours(tr, ceil, f"{s4} --preset full T{T} rank {rank}, beta 1e-3", 2)
                 tr.s.grader.close()
                 del tr
+    if a.section == "profile":
+        with section(f"profile {shapes[1 % len(shapes)]}"):
+            profile_bench(smoke, ceil, root, shapes[1 % len(shapes)], P, G, Ts[0], a.profile_out)
     if a.section == "folders":  # for `projected-grpo train --model FOLDER` runs
         for name in dict.fromkeys(shapes):
             record("folders", name, path=str(model_folder(name, root, smoke)))

@@ -164,8 +164,14 @@ def pre_attn(x, ln1, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float, hd: i
 
 
 def attend(q, k, v, mask, n_kv: int, impl: str):
-    """q (B, nh, T, d); k, v (B, nkv, S, d); additive mask (B, 1, T, S) → (B, T, nh·d)."""
+    """q (B, nh, T, d); k, v (B, nkv, S, d); additive mask (B, 1, T, S) → (B, T, nh·d). ``impl``: "bmm"
+    (grouped-head matmuls, any device), "sdpa", or "triton" (decode only, CUDA: decode_attn's split-KV
+    kernel, never inside torch.compile)."""
     B, nh, T, d = q.shape
+    if impl == "triton":
+        from .decode_attn import split_kv_attend
+
+        return split_kv_attend(q, k, v, mask, n_kv)
     if impl == "sdpa":
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d ** -0.5, enable_gqa=True)
     else:  # "bmm": the g query heads of a kv head share one read of its K and V (decode: T = 1)
@@ -178,18 +184,26 @@ def attend(q, k, v, mask, n_kv: int, impl: str):
     return o.transpose(1, 2).reshape(B, T, nh * d)
 
 
-def post_attn(x, q, k, v, mask, wo, bo, ln2, wg, bg, wu, bu, wd, bd, eps: float, n_kv: int, impl: str):
-    """Attention over the cache span, o_proj + residual, gated MLP + residual → new x (B, T, H)."""
-    x = x + F.linear(attend(q, k, v, mask, n_kv, impl), wo, bo)
+def post_o(x, o, wo, bo, ln2, wg, bg, wu, bu, wd, bd, eps: float):
+    """o_proj of the attention output o (B, T, nh·d) + residual, gated MLP + residual → new x (B, T, H)."""
+    x = x + F.linear(o, wo, bo)
     h = rms(x, ln2, eps)
     return x + F.linear(F.silu(F.linear(h, wg, bg)) * F.linear(h, wu, bu), wd, bd)
+
+
+def post_attn(x, q, k, v, mask, wo, bo, ln2, wg, bg, wu, bu, wd, bd, eps: float, n_kv: int, impl: str):
+    """Attention over the cache span, then `post_o` → new x (B, T, H)."""
+    return post_o(x, attend(q, k, v, mask, n_kv, impl), wo, bo, ln2, wg, bg, wu, bu, wd, bd, eps)
 
 
 def layer_pre(fn, sp: Spec, L: Layer, x, cos, sin):
     return fn(x, L.ln1, *L.q, *L.k, *L.v, L.q_norm, L.k_norm, cos, sin, sp.eps, sp.head_dim)
 
 
-def layer_post(fn, sp: Spec, L: Layer, x, q, k, v, mask, impl):
+def layer_post(fn, sp: Spec, L: Layer, x, q, k, v, mask, impl, fn_o=post_o):
+    """``fn`` (post_attn, maybe compiled) for one layer; the "triton" kernel runs outside it, then ``fn_o``."""
+    if impl == "triton":
+        return fn_o(x, attend(q, k, v, mask, sp.n_kv, impl), *L.o, L.ln2, *L.gate, *L.up, *L.down, sp.eps)
     return fn(x, q, k, v, mask, *L.o, L.ln2, *L.gate, *L.up, *L.down, sp.eps, sp.n_kv, impl)
 
 
@@ -225,11 +239,11 @@ _COMPILED: dict[str, object] = {}
 
 
 def kernels(compile: bool):
-    """(pre_attn, post_attn, sample_t), compiled with torch.compile(dynamic=True) when asked: one
+    """(pre_attn, post_attn, post_o, sample_t), compiled with torch.compile(dynamic=True) when asked: one
     compile serves every layer, batch size and cache span; it fuses the ~50 small elementwise kernels
     of a layer step (norms, rotary, masking, SiLU) and the sampler's integer hash over (B, vocab)."""
     if not compile:
-        return pre_attn, post_attn, sample_t
+        return pre_attn, post_attn, post_o, sample_t
     if not _COMPILED:
         import torch._dynamo
 
@@ -237,9 +251,9 @@ def kernels(compile: bool):
         # limit is raised so a recompile never silently drops the step back to eager
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         _COMPILED.update(pre=torch.compile(pre_attn, dynamic=True), post=torch.compile(post_attn, dynamic=True),
-                         argmax=torch.compile(gumbel_argmax, dynamic=True))
+                         post_o=torch.compile(post_o, dynamic=True), argmax=torch.compile(gumbel_argmax, dynamic=True))
     fused = _COMPILED["argmax"]
-    return _COMPILED["pre"], _COMPILED["post"], partial(sample_t, argmax_fn=fused)
+    return _COMPILED["pre"], _COMPILED["post"], _COMPILED["post_o"], partial(sample_t, argmax_fn=fused)
 
 
 # ---------------------------------------------------------------------------- the engine
@@ -258,7 +272,7 @@ class Decoder:
     def __init__(self, sp: Spec, B: int, L: int, max_new: int, eos: int, pad: int, temperature: float,
                  top_p: float, attn: str, bucket: int, compile: bool = False):
         self.sp, self.B, self.L, self.max_new = sp, B, L, max_new
-        self.f_pre, self.f_post, self.f_sample = kernels(compile)
+        self.f_pre, self.f_post, self.f_post_o, self.f_sample = kernels(compile)
         self.eos, self.pad, self.temperature, self.top_p, self.attn = eos, pad, temperature, top_p, attn
         self.T = L + max_new
         dev, dt = sp.device, sp.dtype
@@ -299,7 +313,8 @@ class Decoder:
             q, k, v = layer_pre(self.f_pre, sp, L, x, cos, sin)
             self.kc[i].index_copy_(2, self.cur, k)
             self.vc[i].index_copy_(2, self.cur, v)
-            x = layer_post(self.f_post, sp, L, x, q, self.kc[i, :, :, :S], self.vc[i, :, :, :S], m, self.attn)
+            x = layer_post(self.f_post, sp, L, x, q, self.kc[i, :, :, :S], self.vc[i, :, :, :S], m, self.attn,
+                           self.f_post_o)
         self.t += 1
         self.emit(logits_last(sp, x[:, -1]))
         self.pos += 1
@@ -416,6 +431,10 @@ def generate_ids(model, encoded: list[list[int]], seeds: list[int], max_new_toke
     st = stats if stats is not None else GenStats()
     use_graphs = cuda_graphs and dev.type == "cuda"
     compile = (dev.type == "cuda") if compile is None else compile
+    if attn == "triton":
+        from .decode_attn import supports
+
+        attn = "triton" if supports(dev, sp.head_dim) else "bmm"  # CPU, no Triton, odd head size: bmm
     pool = torch.cuda.graph_pool_handle() if use_graphs else None
     rows: list[list[int]] = []
     with torch.no_grad():
