@@ -8,6 +8,8 @@ One call on the GPU machine prints one table and writes it as markdown (``--md``
   python3 benchmarks/bench_gpu.py --section check       # fast backend == HF on the device (fp32 / bf16)
   python3 benchmarks/bench_gpu.py --section svd         # SVD drivers, adapter.svd_factors per shape, pytest -m gpu
   python3 benchmarks/bench_gpu.py --section profile     # torch.profiler over one train.backward, micro-batch 32/64, --deterministic
+  python3 benchmarks/bench_gpu.py --section table --shapes qwen3-0.6b,qwen3-1.7b   # ours (fast preset) vs TRL per shape
+  python3 benchmarks/bench_gpu.py --section full --shapes qwen3-4b --det --pytest  # --preset full at 4B x 1024 + projection
   python3 benchmarks/bench_gpu.py --section folders     # only build the model folders (for projected-grpo train)
   .venv/bin/python benchmarks/bench_gpu.py --cpu-smoke  # every code path, tiny shapes, CPU
 
@@ -261,7 +263,9 @@ def decode_bench(smoke: bool, dev, ceil: dict, shapes, batches, n_new: int, prom
                 prompts = prompts_of(tok, B, prompt_len, seed=B)
                 avg_ctx = prompt_len + n_new / 2
                 floor_ms = (wbytes + kvt * B * avg_ctx) / (ceil["copy_TBps"] * 1e12) * 1e3
-                runs = [("fast", dict(compile=None, attn="bmm")), ("fast triton", dict(compile=None, attn="triton"))]
+                runs = [("fast bmm attention", dict(compile=None, attn="bmm")),
+                        ("fast (triton split-KV attention, the default)", dict(compile=None, attn=None)),
+                        ("fast triton, greedy (no sampler)", dict(compile=None, attn=None, greedy=True))]
                 if variants and B == batches[-1] and name == shapes[0]:
                     runs += [("fast graphs, no compile", dict(compile=False, attn="bmm")),
                              ("fast graphs, no compile, sdpa attention", dict(compile=False, attn="sdpa")),
@@ -451,10 +455,11 @@ def linear_flops(adapter, cfg_model, rank_note: str = "") -> tuple[float, float]
     return float(p_lin), float(p_knob)
 
 
-def train_flops(s, shapes: list[tuple], n_comp: int) -> float:
-    """Model FLOPs of the step's forward + input-gradient backward (base weights frozen): every adapted
-    Linear with its knob branch, attention (fwd 4·q·k·heads·head_dim per layer, bwd 2×), and the LM head
-    on completion tokens ×3 (forward, checkpointed recompute, backward). Padded shapes count."""
+def train_flops(s, shapes: list[tuple], n_comp: int, merged: bool = False) -> float:
+    """FLOPs the step's forward + input-gradient backward executes (base weights frozen): every adapted
+    Linear with its knob branch (branch: 2·(W + r·(in+out)) forward and again backward per token; merged:
+    2·W + 2·r·in forward, 2·W + 2·r·out backward), attention (fwd 4·q·k·heads·head_dim per layer, bwd 2×),
+    and the LM head on completion tokens ×3 (forward, checkpointed recompute, backward). Padded shapes count."""
     cfg = s.model.config
     nl, nh = cfg.num_hidden_layers, cfg.num_attention_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
@@ -462,7 +467,7 @@ def train_flops(s, shapes: list[tuple], n_comp: int) -> float:
     tot = 0.0
     for U, Lp, B, Lc in shapes:
         tok = U * Lp + B * Lc
-        tot += 4 * (p_lin + p_knob) * tok
+        tot += (4 * p_lin + 2 * p_knob if merged else 4 * (p_lin + p_knob)) * tok
         tot += 3 * 4 * nl * nh * hd * (U * Lp * Lp + B * Lc * (Lp + Lc))
     return tot + 6 * cfg.vocab_size * cfg.hidden_size * n_comp
 
@@ -562,7 +567,7 @@ class Trainer:
             row = tr.metrics_row(self.cfg, self.s, step, parts, diag, upd.lr, t0)
         n_tok = round(row["tokens_per_s"] * row["gen_time_s"]) if row.get("tokens_per_s") else 0
         fb = TIMES.get("fwd_bwd_s", float("nan"))
-        fl = train_flops(self.s, SHAPES, n_tok)
+        fl = train_flops(self.s, SHAPES, n_tok, merged=self.cfg.knob_forward == "merged")
         out = dict(step_s=row["step_time_s"], gen_s=row["gen_time_s"], grade_s=row["grade_time_s"], fwd_bwd_s=fb,
                    proj_s=TIMES.get("proj_s", 0.0), adamw_s=TIMES.get("adamw_s", 0.0),
                    completion_tokens=n_tok, tok_per_s=n_tok / row["step_time_s"],
@@ -652,6 +657,82 @@ def trainer_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int
     return folder, prompts
 
 
+# one row of ours per (completion tokens, micro-batch, knob forward); the fast preset's path is "merged"
+TABLE_ROWS = {
+    "qwen3-0.6b": ((256, 64, "merged"), (512, 32, "merged")),
+    "qwen3-1.7b": ((256, 64, "merged"), (256, 16, "merged"), (256, 64, "branch"), (512, 32, "merged")),
+    "qwen3-4b": ((256, 32, "merged"), (512, 16, "merged")),
+    "smoke": ((8, 4, "merged"), (8, 4, "branch"), (12, 2, "merged")),
+}
+
+
+def table_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int, Ts, budget, trl_steps: int = 2):
+    """Ours (the fast preset at full rank, rows of TABLE_ROWS) then TRL at each of ``Ts`` on one shape, in one
+    process: the side-by-side table of issue 17. Each row starts from knobs zero and a fresh Updater."""
+    import dataclasses
+
+    rows = TABLE_ROWS.get(name, TABLE_ROWS["smoke"])
+    T0, m0, kf0 = rows[0]
+    tr = Trainer(folder := model_folder(name, root, smoke), smoke, T0, None, P, G, micro=m0, knob_forward=kf0)
+    record("setup", f"{name}: setup() + basis_for() on {tr.device}, full rank", setup_s=tr.setup_s, load_s=tr.load_s,
+           svd_all_linears_s=tr.svd_s, n_linears=len(tr.s.adapter.modules), basis_s=tr.basis_s,
+           vhack_pairs=tr.cfg.vhack_pairs, basis_axes=tr.basis.n_axes)
+    for i, (T, micro, kf) in enumerate(rows):
+        if i and not budget(45):
+            record("ours", f"{name} T{T} micro {micro} {kf}", skipped="device budget")
+            continue
+        tr.cfg = dataclasses.replace(tr.cfg, max_new_tokens=T, micro_batch=micro, knob_forward=kf)
+        tr.reset()
+        ours(tr, ceil, f"{name} T{T} full rank, micro {micro}, knob forward {kf}", 3 if i == 0 else 2, first_step=10 * i)
+    prompts = [tr.tr.render_prompt(tr.s.tokenizer, p) for p in tr.s.train_problems[:P]]
+    tr.s.grader.close()
+    del tr
+    SVD_MEMO.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    for T in Ts:
+        if not budget(60 if T <= 256 else 110):
+            record("trl", f"{name} T{T}", skipped="device budget")
+            continue
+        with section(f"trl {name} T{T}"):
+            trl_bench(smoke, torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu"), folder,
+                      prompts, G, T, steps=trl_steps)
+
+
+def full_preset_bench(smoke: bool, ceil: dict, root: Path, name: str, budget, steps: int = 2, **over):
+    """``--preset full`` as it stands (43 prompts x 6, 1024 tokens, beta 1e-3, full rank, no checkpointing) at
+    one shape: set-up, ``steps`` steps (no OOM?), one ``evaluate`` at the preset's size, and the 200-step
+    projection: set-up + steps x step + (200 / eval_every + 1) evaluations."""
+    T = 1024 if not smoke else 16
+    P, G = (43, 6) if not smoke else (2, 2)
+    tr = Trainer(model_folder(name, root, smoke), smoke, T, None, P, G, micro=16, preset="full", beta=1e-3, **over)
+    cfg = tr.cfg
+    record("setup", f"{name} --preset full setup", setup_s=tr.setup_s, svd_all_linears_s=tr.svd_s, basis_s=tr.basis_s,
+           vhack_pairs=cfg.vhack_pairs, micro_batch=cfg.micro_batch, grad_checkpointing=cfg.grad_checkpointing,
+           knob_forward=cfg.knob_forward)
+    ours(tr, ceil, f"{name} --preset full T{T} ({P}x{G}), micro {cfg.micro_batch}, beta 1e-3", steps)
+    step_s = RESULTS[-1]["step_s"]
+    eval_s = None
+    if budget(90):
+        from projected_grpo.train import evaluate as ev
+
+        sync()
+        t = time.perf_counter()
+        ev(cfg, tr.s, route=False)
+        sync()
+        eval_s = time.perf_counter() - t
+        record("eval", f"{name} --preset full evaluate() ({len(tr.s.eval_problems)} held-out, eval_samples "
+                       f"{cfg.eval_samples}, {T} tokens)", eval_s=eval_s)
+    n_eval = cfg.steps // cfg.eval_every + (1 if cfg.eval_at_start else 0)
+    if eval_s is not None:
+        total = tr.setup_s + tr.basis_s + cfg.steps * step_s + n_eval * eval_s
+        record("projection", f"{name} --preset full, {cfg.steps} steps + {n_eval} evaluations on one GPU",
+               hours=total / 3600, setup_s=tr.setup_s + tr.basis_s, step_s=step_s, eval_s=eval_s)
+    tr.s.grader.close()
+    del tr
+    SVD_MEMO.clear()
+
+
 def profiled(fn, store: list):
     """``fn`` run under torch.profiler (CPU + CUDA); the profile is appended to ``store``."""
     from torch.profiler import ProfilerActivity, profile
@@ -706,19 +787,25 @@ def profile_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int
         tr.reset()
         ours(tr, ceil, f"{name} T{T} full rank, micro {micro}", 2, first_step=30)
     tr.cfg = dataclasses.replace(tr.cfg, micro_batch=16)
+    determinism(tr, ceil, name, T)
+    tr.s.grader.close()
+    del tr
+    SVD_MEMO.clear()
+
+
+def determinism(tr: "Trainer", ceil: dict, name: str, T: int):
+    """``--deterministic`` (process-wide from here on: run it last), then steps 0-1 twice from the same state."""
     from projected_grpo.train import set_deterministic
 
     set_deterministic()
     runs = []
     for _ in range(2):
         tr.reset()
-        runs.append(ours(tr, ceil, f"{name} T{T} full rank, --deterministic, steps 0-1", 2))
+        runs.append(ours(tr, ceil, f"{name} T{T} full rank, micro {tr.cfg.micro_batch}, {tr.cfg.knob_forward}, "
+                                   f"--deterministic, steps 0-1", 2))
     diffs = {k: max(abs((a[k] or 0.0) - (b[k] or 0.0)) for a, b in zip(*runs)) for k in METRIC_KEYS}
     record("determinism", f"{name}: --deterministic, steps 0-1 twice from the same state",
            equal=runs[0] == runs[1], **{f"maxdiff_{k}": v for k, v in diffs.items()})
-    tr.s.grader.close()
-    del tr
-    SVD_MEMO.clear()
 
 
 def svd_bench(smoke: bool, dev):
@@ -869,10 +956,13 @@ def write(md: str | None, js: str | None, header: str):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU: exercise every code path")
-    ap.add_argument("--section", default="trainer", choices=["trainer", "profile", "check", "decode", "extra", "second", "svd", "folders"])
+    ap.add_argument("--section", default="trainer", choices=["trainer", "table", "full", "profile", "check", "decode", "extra", "second", "svd", "folders"])
     ap.add_argument("--md")
     ap.add_argument("--json")
     ap.add_argument("--junit", help="where `pytest -m gpu` writes its junit xml")
+    ap.add_argument("--det", action="store_true", help="--section table/full: then --deterministic, steps 0-1 twice "
+                    "on the first shape (after everything else: it is process-wide)")
+    ap.add_argument("--pytest", action="store_true", help="--section table/full: then run pytest -m gpu")
     ap.add_argument("--profile-out", help="where --section profile writes the profiler tables")
     ap.add_argument("--models", default=os.environ.get("BENCH_MODELS", "/dev/shm/pgrpo-models"),
                     help="folder for the random-weight model folders")
@@ -942,6 +1032,27 @@ def main():
                 ours(tr, ceil, f"{s4} --preset full T{T} rank {rank}, beta 1e-3", 2)
                 tr.s.grader.close()
                 del tr
+    if a.section == "table":  # ours vs TRL, shape by shape (issue 17's table); then --deterministic, pytest -m gpu
+        for name in dict.fromkeys(shapes):
+            if not budget(150):
+                record("table", name, skipped="device budget")
+                continue
+            with section(f"table {name}"):
+                table_bench(smoke, ceil, root, name, P, G, Ts, budget)
+    if a.section == "full":  # --preset full at the last shape: no OOM, evaluation, the 200-step projection
+        if budget(120):
+            with section(f"full {shapes[-1]}"):
+                full_preset_bench(smoke, ceil, root, shapes[-1], budget)
+    if a.det and budget(80):  # last: --deterministic is process-wide
+        with section(f"determinism {shapes[0]}"):
+            T0, m0, kf0 = TABLE_ROWS.get(shapes[0], TABLE_ROWS["smoke"])[0]
+            tr = Trainer(model_folder(shapes[0], root, smoke), smoke, T0, None, P, G, micro=m0, knob_forward=kf0)
+            determinism(tr, ceil, shapes[0], T0)
+            tr.s.grader.close()
+            del tr
+    if a.section in ("table", "full") and a.pytest and budget(100):
+        with section("pytest -m gpu"):
+            pytest_gpu(a.junit)
     if a.section == "profile":
         with section(f"profile {shapes[1 % len(shapes)]}"):
             profile_bench(smoke, ceil, root, shapes[1 % len(shapes)], P, G, Ts[0], a.profile_out)

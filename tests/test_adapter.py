@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -226,3 +228,70 @@ def test_row_grads_exact_under_gradient_checkpointing(tiny_adapter):
         (-completion_logprobs(model, make_batch(rows, tok.pad_token_id)).sum()).backward()
     for n, m in adapter.modules.items():  # the recomputed forward must not count a row twice
         assert torch.allclose(rg[n].sum(0), m.delta_s.grad, atol=1e-5), n
+
+
+def _logits_and_grads(model, adapter, ids):
+    for p in adapter.parameters():
+        p.grad = None
+    logits = model(ids).logits
+    (logits.float().square().mean() + logits[0, -1, :7].sum()).backward()
+    return logits.detach().clone(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in adapter.parameters()]
+
+
+@pytest.mark.parametrize("state", ["live", "ablated", "warm base"])
+def test_fused_forward_equals_the_branch_in_fp32(tiny_adapter, state):
+    """adapter.fused(): the same logits and the same δS / δS_hack gradients as the knob branch (fp32), in the
+    live and ablated states and over a warm-start base δS₀; the merged weights go when the block ends."""
+    model, tok, adapter = tiny_adapter
+    ids = _ids(tok)
+    _randomize(adapter, hack=0.0 if state == "warm base" else 0.2)
+    if state == "warm base":
+        adapter.rebase()  # the current knobs become δS₀; δS, δS_hack start again at zero
+        _randomize(adapter, scale=0.1, hack=0.05, seed=1)
+    ctx = adapter.ablated if state == "ablated" else contextlib.nullcontext
+    with ctx():
+        ref, ref_g = _logits_and_grads(model, adapter, ids)
+        with adapter.fused():
+            out, g = _logits_and_grads(model, adapter, ids)
+            assert all(m.fused for m in adapter.modules.values())  # the fused path ran in every layer
+    assert all(m.fused is None for m in adapter.modules.values())
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g, ref_g):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (a - b).abs().max()
+    if state == "ablated":  # δS_hack is off: no gradient reaches it on either path
+        assert all(float(x.abs().max()) == 0 for x in g[len(g) // 2:])
+
+
+def test_fused_forward_under_bf16_autocast_is_close_and_zero_knobs_exact(tiny_adapter):
+    """bf16 autocast: at zero knobs the fused forward is the base model's bf16 forward exactly; with knobs set
+    its gradients stay close to the branch's (the merged weight rounds to bf16, the knob gradient does not)."""
+    model, tok, adapter = tiny_adapter
+    ids = _ids(tok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with adapter.zeroed():
+            base = model(ids).logits.detach().clone()
+        with torch.no_grad():
+            for m in adapter.modules.values():
+                m.delta_s.fill_(0.0)
+        with adapter.fused():
+            assert torch.equal(model(ids).logits.detach(), base)
+        _randomize(adapter)
+        ref, ref_g = _logits_and_grads(model, adapter, ids)
+        with adapter.fused():
+            out, g = _logits_and_grads(model, adapter, ids)
+    assert (out.float() - ref.float()).abs().max() < 0.05 * ref.float().abs().max()
+    cos = torch.nn.functional.cosine_similarity(torch.cat(g), torch.cat(ref_g), dim=0)
+    assert cos > 0.99, cos
+
+
+def test_fused_forward_leaves_row_capture_to_the_branch(tiny_adapter):
+    """capture_row_grads inside fused(): the branch runs (per-row gradients need its hook) and the rows sum to
+    the parameter gradient."""
+    model, tok, adapter = tiny_adapter
+    _randomize(adapter)
+    ids = torch.cat([_ids(tok), _ids(tok, "<|im_start|>user\ndef g(y): return y + 1<|im_end|>\n")[:, :_ids(tok).shape[1]]])
+    with adapter.fused(), adapter.capture_row_grads() as rows:
+        model(ids).logits.float().square().mean().backward()
+    name, m = next(iter(adapter.modules.items()))
+    assert rows[name].shape == (2, m.rank)
+    assert torch.allclose(rows[name].sum(0), m.delta_s.grad, atol=1e-6)

@@ -82,12 +82,16 @@ def test_split_kv_kernel_matches_bmm_attention(dtype, tol):
 
 def test_fast_triton_attention_draws_the_bmm_tokens_in_fp32(tmp_path):
     """fp32, compile + CUDA graphs: the split-KV kernel's decode draws the same tokens as the bmm path."""
-    from projected_grpo.fastgen import generate_ids
+    from types import SimpleNamespace
+
+    from projected_grpo.fastgen import GenStats, generate_ids
     from projected_grpo.models import load_model
 
     model, tok = load_model("tiny", torch.float32, "cuda")
     enc = [tok(f"def f{i}(x):\n    return", add_special_tokens=False)["input_ids"] * (1 + i % 3) for i in range(12)]
-    kw = dict(eos=-1, pad=tok.pad_token_id, temperature=1.0, max_new_tokens=90)
+    kw = dict(eos=-1, pad=tok.pad_token_id, temperature=1.0, max_new_tokens=150)
     a = generate_ids(model, enc, list(range(12)), attn="bmm", **kw)
-    b = generate_ids(model, enc, list(range(12)), attn="triton", **kw)
+    rec, st = SimpleNamespace(capture_failed=0, capture_error=""), GenStats()
+    b = generate_ids(model, enc, list(range(12)), **kw, record=rec, stats=st)  # the default: triton on CUDA
+    assert rec.capture_failed == 0 and st.graphs >= 3, rec.capture_error  # replayed from graphs, spans of 1-4 splits
     assert a == b

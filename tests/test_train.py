@@ -180,11 +180,16 @@ def test_amp_is_deterministic_and_close_to_fp32(tmp_path, monkeypatch):
 
 def test_grad_checkpointing_one_pass_matches_prompt_sharing(tmp_path):
     # with gradient checkpointing HF turns the KV cache off, so rows run in one pass each: same numbers
+    # and the fused knob forward (--knob-forward merged, the GPU presets' path) gives the branch's numbers in
+    # fp32, with and without checkpointing (its forward is recomputed in the backward there)
     a = _train(tmp_path / "a", "--steps", "2", "--eval-problems", "0")
     b = _train(tmp_path / "b", "--steps", "2", "--eval-problems", "0", "--grad-checkpointing")
-    for x, y in zip(a, b):
-        for k in ("loss", "gn", "cin_s", "cin_t", "dS"):
-            assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-7), k
+    c = _train(tmp_path / "c", "--steps", "2", "--eval-problems", "0", "--knob-forward", "merged")
+    d = _train(tmp_path / "d", "--steps", "2", "--eval-problems", "0", "--knob-forward", "merged", "--grad-checkpointing")
+    for other in (b, c, d):
+        for x, y in zip(a, other):
+            for k in ("loss", "gn", "cin_s", "cin_t", "dS"):
+                assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-7), k
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path):

@@ -95,6 +95,11 @@ class Config:
     """Recompute decoder activations in backward (memory for time; needed for 4B x 1024 tokens)."""
     micro_batch: int = 16
     """Rows per forward/backward chunk (gradients accumulate: equal results up to rounding); small is fast on CPU."""
+    knob_forward: Literal["branch", "merged"] = "branch"
+    """Training forward of a knob layer. `branch`: W x + U((Vh x) ⊙ s), exact for any knob size; `merged`: one
+    multiply by W + U diag(s) Vh formed once per step in the weight dtype (one matmul less forward and backward,
+    half the kernels: the GPU presets); in bf16 it rounds knob changes below the weight's precision, exactly as
+    the rollouts' merged model does (adapter.fused)."""
     format_bonus: float = 0.1
     """Reward for a fenced python block."""
     pass_reward: float = 1.0
@@ -357,7 +362,7 @@ class Config:
 _LATE_FIELDS = {"amp": False, "enable_thinking": False, "deterministic": False, "eval_samples": 0,
                 "grader": "flawed", "warmstart_steps": 0, "warmstart_hack_frac": 0.05, "warmstart_lr": None,
                 "prior_samples": 64, "vhack_pairs_source": "templates", "v_auc_rows": 0,
-                "ppo_epochs": 1}  # field -> the value under which it is left out of the hash
+                "ppo_epochs": 1, "knob_forward": "branch"}  # field -> the value under which it is left out of the hash
 _BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_workers", "seed", "log_samples",
                 "eval_at_start", "eval_nohint", "eval_kl_rows"}
 # seed is bookkeeping for `hash` too: a run's name already carries it, and seeds of one config share a hash.
@@ -448,13 +453,13 @@ PRESETS: dict[str, Config] = {
     "fast": dataclasses.replace(
         BASE, preset="fast", model="Qwen/Qwen3-4B", dataset="synth", steps=60, prompts_per_step=4, group=8,
         max_new_tokens=1024, lr=1e-3, eval_problems=100, eval_every=10, eval_at_start=True, vhack_k=8, vhack_pairs=64,
-        rollout_backend="fast", adapter_rank=None,
+        rollout_backend="fast", adapter_rank=None, knob_forward="merged",
     ),
     "full": dataclasses.replace(
         BASE, preset="full", model="Qwen/Qwen3-4B", dataset="synth", steps=200, prompts_per_step=43, group=6,
         beta=1e-3, max_new_tokens=1024, lr=1e-3, eval_problems=300, eval_every=20, eval_samples=4, eval_at_start=True,
         vhack_k=8, vhack_pairs=128,
-        rollout_backend="fast", adapter_rank=None,
+        rollout_backend="fast", adapter_rank=None, knob_forward="merged",
     ),
     # the discovery regime (issue 16, docs/DISCOVER.md): the embedded model on synth, a warm start of 24 x 8
     # rows with 5 % hacks (sampled hack prior 0.4-3 %), then mix_ratio 0: every row is the student's own sample,

@@ -29,12 +29,14 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # S, chunk and SPLITS vary with the span: never specialised on, so one compiled kernel serves every span
+    # (it is compiled in the decoder's warm-up step, never during a CUDA graph capture)
+    @triton.jit(do_not_specialize=["S", "chunk", "SPLITS"])
     def decode_kernel(Q, K, V, M, O, Acc, Mx, Ls,
                       sqb, sqh, skb, skh, skt, svb, svh, svt, smb, sob, soh,
                       S, chunk, scale,
-                      G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BN: tl.constexpr,
-                      SPLITS: tl.constexpr, FP32: tl.constexpr):
+                      SPLITS, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BN: tl.constexpr,
+                      FP32: tl.constexpr):
         b, h, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         g, d = tl.arange(0, GP), tl.arange(0, D)
         live = g < G
@@ -69,7 +71,7 @@ def _kernel():
             tl.store(O + b * sob + (h * G + g)[:, None] * soh + d[None, :], out.to(O.dtype.element_ty),
                      mask=live[:, None])
         else:
-            base = ((b * tl.num_programs(1) + h) * SPLITS + sp) * GP
+            base = ((b * tl.num_programs(1) + h) * SPLITS + sp) * GP  # (B, nkv, SPLITS, GP) row-major
             tl.store(Acc + (base + g)[:, None] * D + d[None, :], acc)
             tl.store(Mx + base + g, m_i)
             tl.store(Ls + base + g, l_i)
@@ -117,8 +119,8 @@ def split_kv_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
         q, k, v, mask, out, acc, mx, ls,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         mask.stride(0), out.stride(0), out.stride(1),
-        S, chunk, D ** -0.5,
-        G=G, GP=GP, D=D, BN=BLOCK_N, SPLITS=splits, FP32=q.dtype == torch.float32, num_warps=4, num_stages=2)
+        S, chunk, D ** -0.5, splits,
+        G=G, GP=GP, D=D, BN=BLOCK_N, FP32=q.dtype == torch.float32, num_warps=4, num_stages=2)
     if splits > 1:
         top = mx.amax(2, keepdim=True)
         w = torch.exp(mx - top)  # (B, nkv, splits, GP)

@@ -407,7 +407,7 @@ def _sync(dev: torch.device):
 
 def generate_ids(model, encoded: list[list[int]], seeds: list[int], max_new_tokens: int, *, eos: int, pad: int,
                  temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, batch_size: int | None = None,
-                 cuda_graphs: bool = True, compile: bool | None = None, attn: str = "bmm", bucket: int = 64,
+                 cuda_graphs: bool = True, compile: bool | None = None, attn: str | None = None, bucket: int = 64,
                  check_every: int = 16, stats: GenStats | None = None, record=None) -> list[list[int]]:
     """Ids in, ids out: one row of ``max_new_tokens`` sampled ids per prompt row of ``encoded`` (prompt
     token ids, any lengths; ``seeds``: one per row), padded with ``pad`` after a row's ``eos``. Rows are
@@ -431,10 +431,10 @@ def generate_ids(model, encoded: list[list[int]], seeds: list[int], max_new_toke
     st = stats if stats is not None else GenStats()
     use_graphs = cuda_graphs and dev.type == "cuda"
     compile = (dev.type == "cuda") if compile is None else compile
-    if attn == "triton":
+    if attn in (None, "triton"):  # default: the split-KV kernel where it runs (CUDA, Triton, head size 2^k ≥ 16)
         from .decode_attn import supports
 
-        attn = "triton" if supports(dev, sp.head_dim) else "bmm"  # CPU, no Triton, odd head size: bmm
+        attn = "triton" if supports(dev, sp.head_dim) else "bmm"
     pool = torch.cuda.graph_pool_handle() if use_graphs else None
     rows: list[list[int]] = []
     with torch.no_grad():

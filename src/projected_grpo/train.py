@@ -535,6 +535,23 @@ def backward(cfg: Config, s: Setup, prompt_ids: dict[int, list[int]], samples: l
     ``δS.grad`` after the student rows is the student's sum and the rest is the teacher's.
     Returns (Losses, {source: {module: (r,)}})."""
     device = next(iter(s.adapter.modules.values())).delta_s.device
+    with s.adapter.fused(cfg.knob_forward == "merged"), train_attention(device):
+        return _backward(cfg, s, prompt_ids, samples, adv, n_total, old, device)
+
+
+def train_attention(device: torch.device):
+    """SDPA kernels for the training forward/backward. On CUDA without the cuDNN backend: at 1.7B each of its
+    calls cost ~2 ms of CPU (a plan per new shape, and every step brings new lengths), a quarter of a
+    CPU-bound backward, and its backward is not deterministic (docs/PERF.md); flash / memory-efficient
+    attention instead, the math kernel as the last resort."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def _backward(cfg, s, prompt_ids, samples, adv, n_total, old, device) -> tuple[Losses, dict]:
     keep = _kept(cfg, adv)
     mods = s.adapter.modules
     for m in mods.values():  # a rank whose rows all have zero advantage still all-reduces
@@ -575,11 +592,13 @@ def old_logprobs(cfg: Config, s: Setup, prompt_ids: dict[int, list[int]], sample
     bf16 copy whose rounding would put ratio ≠ 1 (and clip tokens) before any update; the bf16 sampler's
     own mismatch is the standard off-policy gap of a rounded rollout engine and is left uncorrected."""
     out = {}
-    for student in (True, False):
-        for ids, prompts, pairs in _chunks(cfg, samples, prompt_ids, _kept(cfg, adv), student):
-            with autocast(cfg, s):
-                logp, _ = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
-            out.update({i: logp[k, :len(samples[i].completion_ids)].float().cpu() for k, i in enumerate(ids)})
+    device = next(iter(s.adapter.modules.values())).delta_s.device
+    with s.adapter.fused(cfg.knob_forward == "merged"), train_attention(device):
+        for student in (True, False):
+            for ids, prompts, pairs in _chunks(cfg, samples, prompt_ids, _kept(cfg, adv), student):
+                with autocast(cfg, s):
+                    logp, _ = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
+                out.update({i: logp[k, :len(samples[i].completion_ids)].float().cpu() for k, i in enumerate(ids)})
     return out
 
 
