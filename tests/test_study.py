@@ -225,18 +225,21 @@ def test_one_seed_gives_na_not_a_verdict(tmp_path):
 
 # ------------------------------------------------------------------------- the real thing, tiny
 def test_smoke_study_end_to_end_then_idempotent(tmp_path, capsys):
+    """Every question on one seed (17 real runs), the same command again (every run skipped), then a second
+    seed of the headline only: its 3 new runs run, the first seed's 3 are skipped, and the readings pair the
+    2 seeds. (Two seeds of every question were 34 runs, ~3 min of this 2-core machine.)"""
     out = tmp_path / "study"
-    argv = ["study", "--preset", "smoke", "--seeds", "0", "1", "--out", str(out), "--workers", "2",
-            "--sandbox-workers", "1", "--set", "steps=2", "--set", "eval_problems=4",
-            "--set", "modes=run_tests,sentinel", "--holdout", "sentinel"]
+    common = ["study", "--preset", "smoke", "--out", str(out), "--workers", "2", "--sandbox-workers", "1",
+              "--set", "steps=2", "--set", "eval_problems=4", "--set", "modes=run_tests,sentinel"]
+    argv = [*common, "--seeds", "0", "--holdout", "sentinel"]
     assert main(argv) == 0, capsys.readouterr()
     text = capsys.readouterr().out
     n = 3 + 8 + 3 + 2 + 1  # headline, controls (+8), no_teacher (+3), one lomo fold (+2), update (+1) configs
-    assert f"{2 * n} done, 0 resumed, 0 skipped, 0 failed" in text
+    assert f"{n} done, 0 resumed, 0 skipped, 0 failed" in text
     md = (out / "study.md").read_text()
     for q in study.QUESTIONS:
         assert f"## {study.TITLES[q]}" in md
-    assert "command: `projected-grpo study --preset smoke --seeds 0 1" in md
+    assert "command: `projected-grpo study --preset smoke --out" in md and "--seeds 0 --holdout sentinel`" in md
     doc = json.loads((out / "study.json").read_text())
     assert set(doc["sections"]) == set(study.QUESTIONS)
     assert [r[0] for r in doc["sections"]["headline"]["rows"]] == ["vanilla", "erase", "route",
@@ -251,13 +254,20 @@ def test_smoke_study_end_to_end_then_idempotent(tmp_path, capsys):
     for png in ("headline", "controls", "no_teacher", "update", "lomo"):
         assert (out / f"{png}.png").stat().st_size > 0
     runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert len(runs) == 2 * n
+    assert len(runs) == n
     # again: every run is skipped, the report is rewritten
     t0 = time.time()
     assert main(argv) == 0
-    assert f"0 done, 0 resumed, {2 * n} skipped, 0 failed" in capsys.readouterr().out
-    assert time.time() - t0 < 120  # report + plots only (18 configs; ~30 s of plots on a loaded 2-core machine)
+    assert f"0 done, 0 resumed, {n} skipped, 0 failed" in capsys.readouterr().out
+    assert time.time() - t0 < 120  # report + plots only (17 configs; ~30 s of plots on a loaded 2-core machine)
     assert sorted(p.name for p in (out / "runs").iterdir()) == runs
+    # a second seed of the headline: only the new seed's runs run, and the table pairs both seeds
+    assert main([*common, "--seeds", "0", "1", "--only", "headline"]) == 0
+    assert "3 done, 0 resumed, 3 skipped, 0 failed" in capsys.readouterr().out
+    assert len(list((out / "runs").iterdir())) == n + 3 and set(runs) <= {p.name for p in (out / "runs").iterdir()}
+    head = json.loads((out / "study.json").read_text())["sections"]["headline"]
+    erase = next(r for r in head["rows"] if r[0] == "erase")
+    assert erase[head["columns"].index("n")] == 2
 
 
 # ------------------------------------------------------------------------- primary endpoint and statistics
