@@ -253,10 +253,13 @@ def test_existing_run_dir_and_config_mismatch(tmp_path, capsys):
 
 def test_run_dir_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path):
     """Two real processes on one run dir: the second is refused in one line while the first lives; once
-    the first is SIGKILLed its lock file stays behind but no longer blocks, and --resume finishes the run."""
+    the first is SIGKILLed its lock file stays behind but no longer blocks, and --resume finishes the run.
+    The first is SIGSTOPped after its first step (alive, holding the lock, but not racing to its end while the
+    second is refused), so a short run suffices on a fast or a slow machine alike."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run = tmp_path / "r"
-    cmd = [sys.executable, "-m", "projected_grpo.cli", "train", "--preset", "smoke", "--steps", "40",
+    steps = 4
+    cmd = [sys.executable, "-m", "projected_grpo.cli", "train", "--preset", "smoke", "--steps", str(steps),
            "--sandbox-workers", "1", "--eval-problems", "0", "--run-dir", str(run)]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
@@ -264,6 +267,7 @@ def test_run_dir_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path)
         deadline = time.time() + 120
         while time.time() < deadline and not (run / "metrics.jsonl").exists():
             time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGSTOP)
         assert (run / "metrics.jsonl").exists() and first.poll() is None
         for extra in ([], ["--resume"]):  # resume is refused too: it would rewrite the live run's files
             second = subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, timeout=120)
@@ -274,15 +278,14 @@ def test_run_dir_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path)
         first.wait()
         assert (run / ".lock").exists()  # left behind by the dead holder
         rows_before = len((run / "metrics.jsonl").read_text().splitlines())
-        done = subprocess.run([*cmd, "--resume", "--steps", "40"], env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 41)) and rows_before < 40  # every step once: no second writer got in
+    steps_done = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps_done == list(range(1, steps + 1)) and rows_before < steps  # every step once: no second writer got in
 
 
 def test_resume_of_a_path_without_a_run_is_an_error(tmp_path, capsys):
