@@ -705,7 +705,11 @@ def full_preset_bench(smoke: bool, ceil: dict, root: Path, name: str, budget, st
     projection: set-up + steps x step + (200 / eval_every + 1) evaluations."""
     T = 1024 if not smoke else 16
     P, G = (43, 6) if not smoke else (2, 2)
-    tr = Trainer(model_folder(name, root, smoke), smoke, T, None, P, G, micro=16, preset="full", beta=1e-3, **over)
+    from projected_grpo.config import PRESETS
+
+    over = {"dataset": "synth", **over}  # the preset's 300 held-out problems: synth has them, HumanEval has 154
+    tr = Trainer(model_folder(name, root, smoke), smoke, T, None, P, G, micro=PRESETS["full"].micro_batch, preset="full",
+                 beta=1e-3, **over)
     cfg = tr.cfg
     record("setup", f"{name} --preset full setup", setup_s=tr.setup_s, svd_all_linears_s=tr.svd_s, basis_s=tr.basis_s,
            vhack_pairs=cfg.vhack_pairs, micro_batch=cfg.micro_batch, grad_checkpointing=cfg.grad_checkpointing,

@@ -51,6 +51,29 @@ def test_batch_invariant(tiny):
     assert both.completion_ids[4:] == last.completion_ids
 
 
+def test_default_batches_bound_the_kv_cache_by_free_memory(tiny, monkeypatch):
+    """Without batch_size, rows decode in equal batches whose static KV cache fits in half the free device memory
+    (the full preset's sampled evaluation at 4B would need ~216 GB in one batch); the tokens do not change."""
+    assert fastgen.rows_per_batch(1200, 1224, 147456, 120 * 2 ** 30) == 300  # 4B: 4 batches on an H200
+    assert fastgen.rows_per_batch(7, 100, 10, None) == 7 and fastgen.rows_per_batch(7, 100, 10, 1) == 1
+    assert fastgen.rows_per_batch(10, 1, 1, 9) == 4  # fit 4 → 3 batches of 4, 4, 2 → equal: ceil(10/3)
+    model, tok = tiny
+    prompts = chat(tok, TEXTS)
+    one = generate(model, tok, prompts, 2, 16, seeds=list(range(6)), backend="fast")
+    sizes = []
+    real = fastgen.Decoder.__init__
+
+    def spy(self, sp, B, *a, **kw):
+        sizes.append(B)
+        real(self, sp, B, *a, **kw)
+
+    per_row = (max(len(p) for p in tok(prompts, add_special_tokens=False)["input_ids"]) + 16) * 2 * 2 * 2 * 16 * 4
+    monkeypatch.setattr(fastgen, "free_device_bytes", lambda dev: 2 * per_row * 2 + 1)  # room for 2 rows
+    monkeypatch.setattr(fastgen.Decoder, "__init__", spy)
+    split = generate(model, tok, prompts, 2, 16, seeds=list(range(6)), backend="fast")
+    assert sizes == [2, 2, 2] and split.completion_ids == one.completion_ids
+
+
 def test_greedy_matches_hf_smollm2():
     from projected_grpo.models import ModelLoadError, load_model
 

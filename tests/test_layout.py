@@ -125,6 +125,7 @@ NEVER = {  # module (or package prefix) -> what it must never import (package mo
     f"{ENV}.prompts": [f"{ENV}.grader", f"{ENV}.sandbox"],
     f"{ENV}.grader": [f"{ENV}.prompts"],
     f"{PKG}.fastgen": [f"{PKG}.rollout", ENV, *[m for m in TRAINER if m not in (f"{PKG}.fastgen", f"{PKG}.rollout")]],
+    f"{PKG}.decode_attn": [PKG],  # torch and (lazily) triton only
     f"{PKG}.rollout": [ENV, *[m for m in TRAINER if m not in (f"{PKG}.fastgen", f"{PKG}.rollout")]],
     f"{PKG}.teachers": [f"{PKG}.train", f"{PKG}.warmstart"],  # both import it
     f"{PKG}.warmstart": [f"{PKG}.train"],

@@ -201,8 +201,9 @@ class Config:
     rollout_backend: Literal["hf", "fast"] = "hf"
     """`hf`: stock generate (reference); `fast`: static KV cache + CUDA graphs (fastgen.py)."""
     deterministic: bool = False
-    """Deterministic GPU kernels where they cost little (torch.use_deterministic_algorithms, warn-only; fixed cuBLAS
-    workspace; no TF32; no cuDNN autotuning): same config + seed → same run on the same GPU and software."""
+    """Deterministic GPU kernels (torch.use_deterministic_algorithms, warn-only; fixed cuBLAS workspace; no TF32; no
+    cuDNN autotuning; the math attention kernel in training, train.train_attention): same config + seed → same run
+    on the same GPU and software."""
     rollout_compile: bool = True
     """With the fast backend on CUDA, fuse the decode step with torch.compile (~1 min once per process)."""
     log_samples: int = 4
@@ -420,10 +421,10 @@ PRESET_HELP: dict[str, str] = {
              "CPU; it cannot learn, so every student and evaluation rate is 0 and study readings are n/a",
     "demo": "the method on a CPU: SmolLM2-135M on synth (300 training problems, 24 held-out), 8 steps, a few "
             "minutes an arm; held-out hack and solve with intervals at the start and the end of every arm (README)",
-    "fast": "a real model on one GPU: Qwen3-4B on HumanEval, 60 steps of 4 prompts x 8, evaluation every 10 "
-            "steps on 32 problems; no reference numbers yet",
+    "fast": "a real model on one GPU: Qwen3-4B on synth, 60 steps of 4 prompts x 8, 1024 tokens, evaluation every "
+            "10 steps on 100 held-out problems; no research numbers yet (trainer step timings: docs/PERF.md)",
     "full": "the full experiment: Qwen3-4B, 200 steps of 43 prompts x 6, KL beta 1e-3, for several GPUs "
-            "(torchrun); no reference numbers yet",
+            "(torchrun); not yet run end to end (estimate: docs/PERF.md)",
     "discover": "on-policy discovery on one GPU: SmolLM2-135M on synth, a warm start to a low hack prior "
                 "(hack_prior logged), then pure on-policy GRPO (no teacher rows, 8 student samples a prompt), V "
                 "from the model's own graded samples; H200, 5 seeds: vanilla 0.4-3 % prior -> 0.38 held-out hack "
@@ -450,16 +451,19 @@ PRESETS: dict[str, Config] = {
     # 1.7B shape (16x8, 256 tokens) a step took 5.28 s at full rank, 5.35 s at rank 1024 and 5.6-8.7 s at
     # rank 256: the forward/backward is not FLOP-bound there, so lower ranks buy no speed, only memory
     # (peak 25.6 vs 16.6 GiB at rank 256), and the CPU demo needed full rank to learn the hack (docs/PERF.md).
+    # Micro-batch 8: at the 4B shape 16 rows x 512 tokens peaked at 75.7 GiB (knob_forward merged, no
+    # checkpointing); 8 rows x 1024 tokens is the same number of tokens. Larger micro-batches are faster (at 1.7B x
+    # 256 tokens: 16 rows 5.56 s a step, 64 rows 4.35 s) where memory allows: set --micro-batch on smaller shapes.
     "fast": dataclasses.replace(
         BASE, preset="fast", model="Qwen/Qwen3-4B", dataset="synth", steps=60, prompts_per_step=4, group=8,
         max_new_tokens=1024, lr=1e-3, eval_problems=100, eval_every=10, eval_at_start=True, vhack_k=8, vhack_pairs=64,
-        rollout_backend="fast", adapter_rank=None, knob_forward="merged",
+        rollout_backend="fast", adapter_rank=None, knob_forward="merged", micro_batch=8,
     ),
     "full": dataclasses.replace(
         BASE, preset="full", model="Qwen/Qwen3-4B", dataset="synth", steps=200, prompts_per_step=43, group=6,
         beta=1e-3, max_new_tokens=1024, lr=1e-3, eval_problems=300, eval_every=20, eval_samples=4, eval_at_start=True,
         vhack_k=8, vhack_pairs=128,
-        rollout_backend="fast", adapter_rank=None, knob_forward="merged",
+        rollout_backend="fast", adapter_rank=None, knob_forward="merged", micro_batch=8,
     ),
     # the discovery regime (issue 16, docs/DISCOVER.md): the embedded model on synth, a warm start of 24 x 8
     # rows with 5 % hacks (sampled hack prior 0.4-3 %), then mix_ratio 0: every row is the student's own sample,

@@ -89,6 +89,11 @@ class Spec:
     device: torch.device
     extra: dict = field(default_factory=dict)
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V bytes one token takes in the static cache (all layers)."""
+        return 2 * len(self.layers) * self.n_kv * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+
 
 def check_architecture(cfg) -> None:
     """Refuse (FastGenError) an HF config this backend cannot run; needs no weights (checked before loading)."""
@@ -412,7 +417,8 @@ def generate_ids(model, encoded: list[list[int]], seeds: list[int], max_new_toke
     """Ids in, ids out: one row of ``max_new_tokens`` sampled ids per prompt row of ``encoded`` (prompt
     token ids, any lengths; ``seeds``: one per row), padded with ``pad`` after a row's ``eos``. Rows are
     cut, decoded and collected into ``Rollouts`` by rollout.generate (backend ``fast``), the one entry
-    point. ``batch_size`` rows decode together (default: all of them). ``stats`` (optional) receives
+    point. ``batch_size`` rows decode together (default: all of them, or equal batches whose KV cache fits in
+    half the free device memory: rows_per_batch). ``stats`` (optional) receives
     prefill / decode / capture seconds; ``record`` (optional, see capture_or_eager) counts capture
     failures. ``compile`` (default: on CUDA) fuses the decode step's small kernels with torch.compile
     (first call: ~1 min)."""
@@ -427,7 +433,8 @@ def generate_ids(model, encoded: list[list[int]], seeds: list[int], max_new_toke
     dev = sp.device
     record = record if record is not None else SimpleNamespace(capture_failed=0, capture_error="")
     temp = 0.0 if (greedy or temperature == 0) else float(temperature)
-    bs = batch_size or len(encoded)
+    bs = batch_size or rows_per_batch(len(encoded), max(map(len, encoded)) + max_new_tokens, sp.kv_bytes_per_token,
+                                      free_device_bytes(dev))
     st = stats if stats is not None else GenStats()
     use_graphs = cuda_graphs and dev.type == "cuda"
     compile = (dev.type == "cuda") if compile is None else compile
@@ -470,6 +477,26 @@ def generate_ids(model, encoded: list[list[int]], seeds: list[int], max_new_toke
             rows += dec.out.cpu().tolist()
             del dec
     return rows
+
+
+KV_MEMORY_FRACTION = 0.5  # of the free device memory, for one decode batch's static KV cache
+
+
+def free_device_bytes(dev: torch.device) -> int | None:
+    """Free memory of a CUDA device (None elsewhere: no limit is applied)."""
+    return torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else None
+
+
+def rows_per_batch(n_rows: int, tokens_per_row: int, kv_bytes_per_token: int, free_bytes: int | None,
+                   fraction: float = KV_MEMORY_FRACTION) -> int:
+    """Rows decoded together by default: all of them, unless their static KV cache (rows × tokens × bytes)
+    would take more than ``fraction`` of the free device memory; then equal batches that fit (at least 1 row).
+    E.g. 4B, 1200 rows × (200 + 1024) tokens: 216 GB of cache in one batch, 4 batches of 300 on an H200."""
+    if free_bytes is None or n_rows <= 1:
+        return max(1, n_rows)
+    fit = max(1, int(fraction * free_bytes // (tokens_per_row * kv_bytes_per_token)))
+    n_batches = -(-n_rows // fit)
+    return -(-n_rows // n_batches)
 
 
 def kv_bytes_per_token(model) -> int:

@@ -54,7 +54,7 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, 
              backend: str = "hf", compile: bool | None = None, eos_token_id: int | None = None, **engine) -> Rollouts:
     """Sample ``n`` completions for each prompt text (already chat-templated); ``seeds`` gives one
     seed per completion (len(prompts) * n), default 0..N-1. ``backend``: ``hf`` or ``fast``.
-    ``batch_size``: rows decoded together (default: 64 for ``hf``, all rows for ``fast``).
+    ``batch_size``: rows decoded together (default: 64 for ``hf``, all rows for ``fast`` unless their KV cache would not fit: fastgen.rows_per_batch).
     ``eos_token_id`` overrides the tokenizer's (benchmarks pass -1 to force full length). ``compile``
     and ``engine`` (``cuda_graphs``, ``attn``, ``bucket``, ``check_every``, ``stats``) are the fast
     engine's options (fastgen.generate_ids; ``compile``: fuse its decode step, default on CUDA)."""

@@ -535,19 +535,22 @@ def backward(cfg: Config, s: Setup, prompt_ids: dict[int, list[int]], samples: l
     ``δS.grad`` after the student rows is the student's sum and the rest is the teacher's.
     Returns (Losses, {source: {module: (r,)}})."""
     device = next(iter(s.adapter.modules.values())).delta_s.device
-    with s.adapter.fused(cfg.knob_forward == "merged"), train_attention(device):
+    with s.adapter.fused(cfg.knob_forward == "merged"), train_attention(device, cfg.deterministic):
         return _backward(cfg, s, prompt_ids, samples, adv, n_total, old, device)
 
 
-def train_attention(device: torch.device):
-    """SDPA kernels for the training forward/backward. On CUDA without the cuDNN backend: at 1.7B each of its
-    calls cost ~2 ms of CPU (a plan per new shape, and every step brings new lengths), a quarter of a
-    CPU-bound backward, and its backward is not deterministic (docs/PERF.md); flash / memory-efficient
-    attention instead, the math kernel as the last resort."""
+def train_attention(device: torch.device, deterministic: bool = False):
+    """SDPA kernels for the training forward/backward on CUDA. Not cuDNN's: at 1.7B each of its calls cost
+    ~2 ms of CPU (a plan per new shape, and every step brings new lengths) in a CPU-bound backward
+    (docs/PERF.md); flash / memory-efficient attention instead, math as the last resort. Both cuDNN's and the
+    memory-efficient backward accumulate non-deterministically (measured: two identical steps differ at
+    ~1e-6 in the gradient), so ``--deterministic`` takes the math kernel (slower, more memory, exact)."""
     if device.type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    if deterministic:
+        return sdpa_kernel([SDPBackend.MATH])
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
@@ -593,7 +596,7 @@ def old_logprobs(cfg: Config, s: Setup, prompt_ids: dict[int, list[int]], sample
     own mismatch is the standard off-policy gap of a rounded rollout engine and is left uncorrected."""
     out = {}
     device = next(iter(s.adapter.modules.values())).delta_s.device
-    with s.adapter.fused(cfg.knob_forward == "merged"), train_attention(device):
+    with s.adapter.fused(cfg.knob_forward == "merged"), train_attention(device, cfg.deterministic):
         for student in (True, False):
             for ids, prompts, pairs in _chunks(cfg, samples, prompt_ids, _kept(cfg, adv), student):
                 with autocast(cfg, s):
