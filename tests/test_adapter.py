@@ -98,6 +98,11 @@ def test_svd_cache_keyed_by_content(tiny):
     w2 = w.detach().clone()
     w2[0, 0] += 1e-3
     assert svd_factors(w2, None)[3] != key  # a changed weight can never hit the old entry
+    wb = w.detach().to(torch.bfloat16)  # a bf16 weight: U, Vh kept (and cached) in bf16, S in fp32
+    Ub, Sb, Vhb, keyb = svd_factors(wb, None)
+    assert (Ub.dtype, Sb.dtype, Vhb.dtype) == (torch.bfloat16, torch.float32, torch.bfloat16) and keyb != key
+    assert torch.allclose((Ub.float() * Sb) @ Vhb.float(), wb.float(), atol=2e-2)
+    assert svd_factors(wb, None)[0].dtype == torch.bfloat16  # from the cache file
     from projected_grpo.adapter import shared_factors
 
     with shared_factors():  # the demo's in-process memo: copies of the very file's bits

@@ -57,7 +57,7 @@ def weight_key(weight: torch.Tensor, rank: int | None) -> str:
     h = hashlib.sha256()
     w = weight.detach().contiguous().cpu()
     h.update(f"{tuple(w.shape)}|{w.dtype}|{rank}".encode())
-    h.update(w.view(torch.uint8).numpy().tobytes() if w.dtype != torch.bool else w.numpy().tobytes())
+    h.update(w.view(torch.uint8).numpy() if w.dtype != torch.bool else w.numpy())  # the buffer itself: no copy
     return h.hexdigest()[:24]
 
 
@@ -104,7 +104,9 @@ def _recall(path: Path):
 
 
 def svd_factors(weight: torch.Tensor, rank: int | None, use_cache: bool = True):
-    """``U (out, r), S (r,), Vh (r, in)`` of the fp32 weight, top-``rank`` directions kept."""
+    """``U (out, r), S (r,), Vh (r, in)`` of the fp32 weight, top-``rank`` directions kept. S is fp32; U and Vh are
+    fp32 too, except for a bf16/fp16 weight, whose layer keeps them in that dtype anyway (KnobLinear's buffers):
+    they are stored and returned in it (a 4B model's full-rank factors: 16 GB on disk instead of 32)."""
     key = weight_key(weight, rank)
     path = cache_dir() / "svd" / f"{key}.safetensors"
     if use_cache and (hit := _recall(path)) is not None:  # the bits of that very file
@@ -120,7 +122,8 @@ def svd_factors(weight: torch.Tensor, rank: int | None, use_cache: bool = True):
         U, S, Vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
     if rank is not None:
         U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
-    U, S, Vh = U.cpu().contiguous(), S.cpu().contiguous(), Vh.cpu().contiguous()
+    half = weight.dtype if weight.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    U, S, Vh = U.to(half).cpu().contiguous(), S.cpu().contiguous(), Vh.to(half).cpu().contiguous()
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")  # never draw from torch RNG here
