@@ -230,7 +230,8 @@ def test_smoke_study_end_to_end_then_idempotent(tmp_path, capsys):
     2 seeds. (Two seeds of every question were 34 runs, ~3 min of this 2-core machine.)"""
     out = tmp_path / "study"
     common = ["study", "--preset", "smoke", "--out", str(out), "--workers", "2", "--sandbox-workers", "1",
-              "--set", "steps=2", "--set", "eval_problems=4", "--set", "modes=run_tests,sentinel"]
+              "--set", "steps=2", "--set", "eval_problems=4", "--set", "modes=run_tests,sentinel",
+              "--set", "max_new_tokens=16", "--set", "vhack_pairs=4"]  # the runs as small as the readings allow
     argv = [*common, "--seeds", "0", "--holdout", "sentinel"]
     assert main(argv) == 0, capsys.readouterr()
     text = capsys.readouterr().out
