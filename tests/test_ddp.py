@@ -17,7 +17,8 @@ EVAL = tuple(f"{w}_{v}" for w in ("hack", "solve") for v in ("kept", "abl", "noh
 def test_two_ranks_equal_single_process(tmp_path):
     # evaluation at the start and the end, sharded over the ranks (3 problems: 2 on rank 0, 1 on rank 1), sampled
     flags = ["train", "--preset", "smoke", "--steps", "3", "--prompts-per-step", "4", "--intervention", "route",
-             "--eval-problems", "3", "--eval-at-start", "--eval-samples", "2", "--sandbox-workers", "1"]
+             "--eval-problems", "3", "--eval-at-start", "--eval-samples", "2", "--sandbox-workers", "1",
+             "--max-new-tokens", "16", "--vhack-pairs", "4"]  # short completions, few pairs: the same sharding
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # separate caches: the ddp run computes its step-0 evaluation instead of reading the single run's
