@@ -17,7 +17,8 @@ from projected_grpo import train as train_mod
 from projected_grpo.cli import main
 
 TIMING = {"step_time_s", "gen_time_s", "grade_time_s", "tokens_per_s"}
-FLAGS = ["--preset", "smoke", "--steps", "4", "--intervention", "route", "--sandbox-workers", "1", "--eval-every", "2"]
+FLAGS = ["--preset", "smoke", "--steps", "4", "--intervention", "route", "--sandbox-workers", "1", "--eval-every", "2",
+         "--eval-problems", "2", "--max-new-tokens", "16"]  # short evaluations: the resume must reproduce them
 
 
 def _rows(run):
