@@ -58,7 +58,8 @@ def test_arms_metrics_contract(arm, tmp_path):
 
 @pytest.mark.parametrize("source", ["random", "label_permuted", "matched_capture", "nonhack"])
 def test_control_bases(source, tmp_path):
-    rows = _train(tmp_path / source, "--intervention", "erase", "--vhack-source", source, "--steps", "2")
+    rows = _train(tmp_path / source, "--intervention", "erase", "--vhack-source", source, "--steps", "2",
+                  "--eval-problems", "0")  # the evaluation is test_arms_metrics_contract's
     assert len(rows) == 2 and all(r["dSh"] == 0 for r in rows)
     assert json.loads((tmp_path / source / "config.json").read_text())["arm"] == f"erase-{source}"
     if source == "matched_capture":  # fitted at step 1 to real V's captured share, then kept (checkpoint)
@@ -293,7 +294,8 @@ def test_deterministic_flag_sets_kernels_and_replicates_exactly(tmp_path):
     rows = []
     for name in ("a", "b"):
         subprocess.run([sys.executable, "-c", code, "train", "--preset", "smoke", "--steps", "2", "--deterministic",
-                        "--intervention", "route", "--sandbox-workers", "2", "--run-dir", str(tmp_path / name)],
+                        "--intervention", "route", "--sandbox-workers", "2", "--max-new-tokens", "16",
+                        "--eval-problems", "2", "--run-dir", str(tmp_path / name)],
                        check=True, env=env, capture_output=True)
         rows.append([{k: v for k, v in r.items() if k not in ("step_time_s", "gen_time_s", "grade_time_s",
                                                               "tokens_per_s")}
