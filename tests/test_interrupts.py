@@ -21,6 +21,12 @@ FLAGS = ["--preset", "smoke", "--steps", "4", "--intervention", "route", "--sand
          "--eval-problems", "2", "--max-new-tokens", "16"]  # short evaluations: the resume must reproduce them
 
 
+def _env():
+    """The subprocess's environment: as many torch threads as this process's `full` run used (conftest's), else a
+    many-core machine would sum fp32 reductions in another order there and the equality would fail by a bit."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
 def _rows(run):
     return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -40,7 +46,7 @@ def full(tmp_path_factory):
 
 
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path, full):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = _env()
     cmd = [sys.executable, "-m", "projected_grpo.cli", "train", *FLAGS]
     stopped = tmp_path / "stopped"
     proc = subprocess.Popen([*cmd, "--run-dir", str(stopped)], env=env, stdout=subprocess.DEVNULL,
@@ -94,7 +100,7 @@ def test_ctrl_c_while_the_checkpoint_is_written_waits_for_it(tmp_path, monkeypat
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path, full):
     """SIGKILL of the run and its sandbox servers mid-way (no handler runs), then --resume in a new process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = _env()
     cmd = [sys.executable, "-m", "projected_grpo.cli", "train", *FLAGS]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*cmd, "--run-dir", str(killed)], env=env, stdout=subprocess.DEVNULL,
