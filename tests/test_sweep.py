@@ -48,15 +48,16 @@ def _check_finished(out, n, steps):
 
 def test_local_sweep_arms_by_seeds_then_idempotent(tmp_path, capsys):
     out = tmp_path / "sw"
-    assert _sweep(out, "--arms", "none", "erase", "route", "--seeds", "0", "1", *FAST) == 0
-    plan = _check_finished(out, 6, steps=2)
-    assert {(r["arm"], r["seed"]) for r in plan["runs"]} == {(a, s) for a in ("none", "erase", "route") for s in (0, 1)}
+    # 2 arms x 2 seeds (the Ray sweep below runs all three arms)
+    assert _sweep(out, "--arms", "none", "route", "--seeds", "0", "1", *FAST) == 0
+    plan = _check_finished(out, 4, steps=2)
+    assert {(r["arm"], r["seed"]) for r in plan["runs"]} == {(a, s) for a in ("none", "route") for s in (0, 1)}
     text = capsys.readouterr().out
-    assert "6 done, 0 resumed, 0 skipped, 0 failed" in text and "Paired vs vanilla" in text
+    assert "4 done, 0 resumed, 0 skipped, 0 failed" in text and "Paired vs vanilla" in text
     # the same sweep again: nothing runs
     t0 = time.time()
-    assert _sweep(out, "--arms", "none", "erase", "route", "--seeds", "0", "1", *FAST) == 0
-    assert "0 done, 0 resumed, 6 skipped, 0 failed" in capsys.readouterr().out
+    assert _sweep(out, "--arms", "none", "route", "--seeds", "0", "1", *FAST) == 0
+    assert "0 done, 0 resumed, 4 skipped, 0 failed" in capsys.readouterr().out
     assert time.time() - t0 < 30
 
 
@@ -124,7 +125,8 @@ def test_killed_runs_are_resumed_by_rerunning_the_sweep(tmp_path):
     out = tmp_path / "sw"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "projected_grpo.cli", "sweep", "--out", str(out), "--arms", "route", "--seeds", "0", "1",
-           "--set", "steps=6", "--set", "eval_problems=0", "--workers", "2", "--sandbox-workers", "1"]
+           "--set", "steps=6", "--set", "eval_problems=0", "--set", "vhack_pairs=4", "--workers", "2",
+           "--sandbox-workers", "1"]
     log = tmp_path / "sweep.out"
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
