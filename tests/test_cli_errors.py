@@ -166,6 +166,15 @@ CASES = [
      lambda t: (t / "c.json").write_text(json.dumps({"config": {"steps": "many"}})), ["c.json", "'steps' must be int"]),
     ("config-unknown-key", ["train", "--config", "{t}/c.json"],
      lambda t: (t / "c.json").write_text(json.dumps({"config": {"stepz": 3}})), ["c.json", "unknown config keys"]),
+    # found by trying the CLI as a hostile new user (session 5): each crashed or passed silently before
+    ("negative-weight-decay", ["train", "--weight-decay", "-1"], None, ["--weight-decay", ">= 0"]),
+    ("check-negative-workers", ["check", "--workers", "-1"], None, ["--workers", ">= 0"]),
+    ("check-zero-max-problems", ["check", "--max-problems", "0"], None, ["--max-problems", "positive"]),
+    ("check-negative-max-problems", ["check", "--max-problems", "-1"], None, ["--max-problems", "positive"]),
+    ("grade-negative-workers", ["grade", "--in", "{t}/c.jsonl", "--workers", "-2"],
+     lambda t: (t / "c.jsonl").write_text(json.dumps({"problem_id": load_problems("builtin")[0].id, "mode": "sentinel",
+                                                      "completion": "x"}) + "\n"), ["--workers", ">= 0"]),
+    ("eval-negative-workers", ["eval", "--model", "tiny", "--workers", "-1"], None, ["--workers", ">= 0"]),
     ("config-and-preset", ["train", "--config", "{t}/c.json", "--preset", "demo"],
      lambda t: (t / "c.json").write_text(json.dumps({"config": {}})), ["--config and --preset", "give one"]),
 ]

@@ -110,10 +110,20 @@ class CheckArgs:
     """Check at most this many problems (after the seeded shuffle; per split for synth); None = all."""
 
 
+def _check_counts(a) -> None:
+    """--workers and --max-problems of check, grade and eval: a negative count would crash the grader pool or
+    slice the problem list from the end; 0 problems would "check" nothing and report OK."""
+    if getattr(a, "workers", 0) < 0:
+        raise ConfigError(f"--workers must be >= 0 (0 = one per CPU core), got {a.workers}")
+    if getattr(a, "max_problems", None) is not None and a.max_problems <= 0:
+        raise ConfigError(f"--max-problems must be positive (or left out for all problems), got {a.max_problems}")
+
+
 def cmd_check(argv: list[str]) -> int:
     from .env.commands import check
 
     a = _cli(CheckArgs, args=argv, prog="projected-grpo check")
+    _check_counts(a)
     return check(a.dataset, workers=a.workers, max_problems=a.max_problems)
 
 
@@ -137,6 +147,7 @@ def cmd_grade(argv: list[str]) -> int:
     from .env.commands import grade
 
     a = _cli(GradeArgs, args=argv, prog="projected-grpo grade")
+    _check_counts(a)
     return grade(a.dataset, a.in_, a.out, workers=a.workers, mode=a.mode)
 
 
@@ -176,7 +187,9 @@ class EvalArgs:
 def cmd_eval(argv: list[str]) -> int:
     from .evaluate import eval_command
 
-    return eval_command(_cli(EvalArgs, args=argv, prog="projected-grpo eval"))
+    a = _cli(EvalArgs, args=argv, prog="projected-grpo eval")
+    _check_counts(a)
+    return eval_command(a)
 
 
 @dataclass

@@ -271,7 +271,7 @@ class Config:
                      "sandbox_timeout_s", "format_bonus", "pass_reward"):
             if not math.isfinite(getattr(self, name)):
                 bad(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
-        for name in ("warmup_steps", "sandbox_workers", "log_samples", "teacher_per_problem"):
+        for name in ("warmup_steps", "sandbox_workers", "log_samples", "teacher_per_problem", "weight_decay"):
             if getattr(self, name) < 0:
                 bad(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.sandbox_timeout_s <= 0 or self.summary_last_n <= 0:
