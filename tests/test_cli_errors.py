@@ -175,6 +175,12 @@ CASES = [
      lambda t: (t / "c.jsonl").write_text(json.dumps({"problem_id": load_problems("builtin")[0].id, "mode": "sentinel",
                                                       "completion": "x"}) + "\n"), ["--workers", ">= 0"]),
     ("eval-negative-workers", ["eval", "--model", "tiny", "--workers", "-1"], None, ["--workers", ">= 0"]),
+    ("export-into-its-run-dir", ["export", "{t}/run", "--out", "{t}/run"], lambda t: _run_dir(t / "run", state=True),
+     ["--out", "holds a run", "config.json"]),
+    ("export-into-another-run", ["export", "{t}/run", "--out", "{t}/other"],
+     lambda t: (_run_dir(t / "run", state=True), _run_dir(t / "other", state=True)), ["--out", "holds a run"]),
+    ("export-out-is-a-file", ["export", "{t}/run", "--out", "{t}/f"],
+     lambda t: (_run_dir(t / "run", state=True), (t / "f").write_text("x")), ["--out", "is a file", "folder"]),
     ("config-and-preset", ["train", "--config", "{t}/c.json", "--preset", "demo"],
      lambda t: (t / "c.json").write_text(json.dumps({"config": {}})), ["--config and --preset", "give one"]),
 ]

@@ -37,6 +37,9 @@ def test_export_writes_a_model_card_and_files_others_can_read(finished_run, tmp_
     for p in out.rglob("*"):
         mode = stat.S_IMODE(p.stat().st_mode)
         assert mode & 0o044 == 0o044, f"{p.name} is {oct(mode)}: not readable by group and others"
+    # a second export into the same folder overwrites it (only a run directory as --out is refused: test_cli_errors)
+    assert main(["export", str(finished_run), "--out", str(out)]) == 0
+    AutoModelForCausalLM.from_pretrained(out)
 
 
 def test_unfinished_run_is_refused_unless_allow_partial(finished_run, tmp_path, capsys):

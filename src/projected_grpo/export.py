@@ -37,6 +37,7 @@ def export_run(run_dir: str | Path, out: str | Path, allow_partial: bool = False
 
     run = Path(run_dir)
     rundir.knob_file(run)  # a run dir with a checkpoint, before anything else is read
+    _check_out(Path(out).expanduser())
     meta, cfg = read_run_config(run)
     device, dtype = resolve_device(cfg)
     dtype = getattr(torch, rundir.knob_dtype(run, str(dtype).removeprefix("torch.")))  # the knobs' own dtype
@@ -53,6 +54,23 @@ def export_run(run_dir: str | Path, out: str | Path, allow_partial: bool = False
     (path / "README.md").write_text(model_card(run, cfg, meta, done, planned, finished))
     _readable(path)
     return path
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out the export would damage: a file, or a run directory (save_pretrained writes its own
+    config.json over the run's). A previous export's folder is fine: it is overwritten, as asked."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the exported model")
+    holds_run = rundir.is_started(out)
+    if not holds_run and rundir.is_run(out):
+        try:  # a run's config.json (a sweep writes one at plan time), not a transformers one
+            rundir.read_config(out)
+            holds_run = True
+        except rundir.RunDirError:
+            pass
+    if holds_run:
+        raise ConfigError(f"--out {out} holds a run directory: the model's config.json would overwrite the run's; "
+                          f"pick a new or empty folder")
 
 
 def model_card(run: Path, cfg: Config, meta: dict, done: int, planned: int, finished: bool) -> str:
