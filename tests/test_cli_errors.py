@@ -45,22 +45,28 @@ def _tokenizer_folder(path: Path, chat_template: bool, model_type: str = "llama"
     return path
 
 
-def _run_dir(path: Path, *, state: bool, knobs: bytes | None = None, vhack: bytes | None = None,
-             config: str | None = None) -> Path:
-    """A run directory of the smoke config with a checkpoint whose files are given (bytes: corrupt ones)."""
+def _run_dir(path: Path, *, state: bool | None, knobs: bytes | None = None, vhack: bytes | None = None,
+             config: str | None = None, step: int = 1, metrics: str | None = '{"step": 1}\n',
+             ckpt: bool = True) -> Path:
+    """A run directory of the smoke config with a checkpoint whose files are given (bytes: corrupt ones;
+    state None: no state.pt; ckpt False: no ckpt/ at all), at checkpoint ``step``, with ``metrics`` (None: no
+    metrics.jsonl)."""
     path.mkdir(parents=True)
     cfg = PRESETS["smoke"]
     (path / "config.json").write_text(config if config is not None else json.dumps(
         {"config": cfg.to_dict(), "hash": cfg.hash(), "match_hash": cfg.match_hash(), "arm": cfg.arm}))
+    if metrics is not None:
+        (path / "metrics.jsonl").write_text(metrics)
+    if not ckpt:
+        return path
     ck = path / "ckpt"
     ck.mkdir()
     if state:
-        torch.save({"step": 1}, ck / "state.pt")
-    else:
+        torch.save({"step": step}, ck / "state.pt")
+    elif state is not None:
         (ck / "state.pt").write_bytes(b"not a pickle")
     (ck / "knobs.safetensors").write_bytes(knobs if knobs is not None else _valid_safetensors())
     (ck / "vhack.safetensors").write_bytes(vhack if vhack is not None else _valid_safetensors())
-    (path / "metrics.jsonl").write_text('{"step": 1}\n')
     return path
 
 
@@ -181,6 +187,17 @@ CASES = [
      lambda t: (_run_dir(t / "run", state=True), _run_dir(t / "other", state=True)), ["--out", "holds a run"]),
     ("export-out-is-a-file", ["export", "{t}/run", "--out", "{t}/f"],
      lambda t: (_run_dir(t / "run", state=True), (t / "f").write_text("x")), ["--out", "is a file", "folder"]),
+    # a damaged run dir must not be resumed into silent data loss (a gap in the metrics, or rows deleted)
+    ("resume-metrics-truncated", ["train", "--run-dir", "{t}/run", "--resume"],
+     lambda t: _run_dir(t / "run", state=True, step=3, metrics='{"step": 1}\n{"step": 2}\n{"st'),
+     ["metrics.jsonl", "step(s) [3]", "truncated or deleted"]),
+    ("resume-metrics-deleted", ["train", "--run-dir", "{t}/run", "--resume"],
+     lambda t: _run_dir(t / "run", state=True, step=2, metrics=None), ["step(s) [1, 2]", "start over"]),
+    ("resume-state-deleted", ["train", "--run-dir", "{t}/run", "--resume"],
+     lambda t: _run_dir(t / "run", state=None), ["ckpt", "no state.pt", "corrupt"]),
+    ("resume-ckpt-deleted", ["train", "--run-dir", "{t}/run", "--resume"],
+     lambda t: _run_dir(t / "run", state=None, ckpt=False, metrics="".join(f'{{"step": {i}}}\n' for i in range(4))),
+     ["up to step 3", "no checkpoint", "restore"]),
     ("config-and-preset", ["train", "--config", "{t}/c.json", "--preset", "demo"],
      lambda t: (t / "c.json").write_text(json.dumps({"config": {}})), ["--config and --preset", "give one"]),
 ]

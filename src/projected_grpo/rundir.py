@@ -248,6 +248,7 @@ class RunDir:
         if not self.ckpt.exists() and old_ckpt.exists():  # killed between the two renames of save_checkpoint
             old_ckpt.rename(self.ckpt)
         state = self.load_state()
+        self._check_whole(state)
         if state is None and self.metrics.exists():
             self.metrics.unlink()  # killed before the first checkpoint: start over
             self.samples.unlink(missing_ok=True)
@@ -264,6 +265,23 @@ class RunDir:
         elif cfg.resume:
             print(f"{path}: no checkpoint yet (stopped before its first step); starting from step 0", file=sys.stderr)
         return state
+
+    def _check_whole(self, state: dict | None) -> None:
+        """Refuse to resume a run dir damaged after the fact (by hand, a full disk, a copy cut short). The
+        trainer writes a step's metrics row (fsync'd) before its checkpoint, and swaps a checkpoint in whole,
+        so a checkpoint at step N always has rows 1..N and a run without one has rows up to step 1 at most;
+        anything else would resume into a gap in metrics.jsonl, or start over and delete its rows."""
+        rows = {r["step"] for r in self.read_metrics()}
+        again = f"restore it, or delete {self.path} (or pick another --run-dir) to start over"
+        if state is None and self.ckpt.exists():
+            raise ConfigError(f"{self.ckpt} has no {STATE}; the checkpoint is corrupt: {again}")
+        if state is None and rows and max(rows) > 1:
+            raise ConfigError(f"{self.path} has metrics up to step {max(rows)} but no checkpoint ({CKPT}/ is missing); "
+                              f"restore {CKPT}/, or delete {self.path} (or pick another --run-dir) to start over")
+        if state is not None and (missing := [s for s in range(1, int(state["step"]) + 1) if s not in rows]):
+            shown = missing if len(missing) <= 8 else [*missing[:8], "..."]
+            raise ConfigError(f"{self.metrics} has no row for step(s) {shown} that the checkpoint (step "
+                              f"{state['step']}) has done: it was truncated or deleted; {again}")
 
     def load_state(self) -> dict | None:
         """The checkpoint's state.pt (step, optimizer, scheduler, rng, config_hash), or None without one."""
