@@ -154,6 +154,13 @@ def model_path(name: str) -> str:
     return name
 
 
+def _require_config(name: str, path: str) -> None:
+    """A local folder without config.json holds no model (transformers' own first line is about a tokenizer)."""
+    if name.startswith(("/", "./", "../", "~")) and not (Path(path) / "config.json").is_file():
+        raise ModelLoadError(f"--model {name}: the folder holds no model (no config.json); give a transformers "
+                             f"model folder (config.json, tokenizer, weights) or a hub id")
+
+
 def _check_tokenizer(name: str, tok) -> None:
     if not getattr(tok, "chat_template", None):  # prompts go through apply_chat_template
         raise ModelLoadError(f"--model {name}: its tokenizer has no chat template; use an instruct/chat model "
@@ -171,6 +178,7 @@ def check_model(name: str, rollout_backend: str = "hf") -> None:
         from transformers import AutoConfig, AutoTokenizer
 
         path = model_path(name)
+        _require_config(name, path)
         try:
             _check_tokenizer(name, AutoTokenizer.from_pretrained(path))
             hf_cfg = AutoConfig.from_pretrained(path)
@@ -218,6 +226,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
         model, tok = tiny_model(dtype), tiny_tokenizer()
     else:
         path = model_path(name)
+        _require_config(name, path)
         try:
             tok = AutoTokenizer.from_pretrained(path)
             _check_tokenizer(name, tok)  # before the weights: a model without a template cannot be prompted

@@ -539,7 +539,7 @@ def results(run_dirs: Sequence[str | Path], last: int = 5, fmt: Fmt = "md", matc
         raise ReportError(f"unknown format {fmt!r}; choose md, csv or json")
     if last <= 0:
         raise ReportError(f"--last must be positive, got {last}")
-    if matched_threshold < 0:
+    if not matched_threshold >= 0:  # nan too
         raise ReportError(f"matched threshold must be >= 0, got {matched_threshold}")
     runs = load_runs(run_dirs)
     tables, notes = build_tables(runs, last, matched_threshold, include_incomplete)
@@ -606,8 +606,10 @@ def _aggregate(runs: Sequence[Run], key: str, band: str, smooth: int):
 def plot(run_dirs: Sequence[str | Path], out: str | Path, band: Literal["se", "minmax"] = "se",
          smooth: int = 1, title: str | None = None) -> Path:
     """Dynamics per arm (one line per config hash, mean over seeds with a band) → PNG at `out`."""
-    fig = dynamics_figure(run_dirs, band, smooth, title)
     path = Path(out)
+    if path.is_dir():  # savefig would write `out`.png beside it and the CLI would say it wrote `out`
+        raise ReportError(f"--out {path} is a folder; give an image file, e.g. {path / 'dynamics.png'}")
+    fig = dynamics_figure(run_dirs, band, smooth, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fig.savefig(path)

@@ -713,9 +713,9 @@ def study(a, command: str) -> int:
     out = Path(a.out or f"runs/study-{a.preset}")
     plan = make_plan(a.preset, tuple(a.seeds), overrides, out, questions, tuple(a.holdout) if a.holdout else None)
     flags = runner.resolve(a.runner)
-    if a.threshold < 0:
+    if not a.threshold >= 0:  # nan too
         raise ConfigError(f"--threshold must be >= 0, got {a.threshold}")
-    last = a.last or int(overrides.get("summary_last_n", PRESETS[a.preset].summary_last_n))
+    last = a.last if a.last is not None else int(overrides.get("summary_last_n", PRESETS[a.preset].summary_last_n))
     if last <= 0:
         raise ConfigError(f"--last must be positive, got {last}")
     out.mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,8 @@ ARMS = (*typing.get_args(Intervention), "baseline")  # baseline: intervention no
 SOURCES = typing.get_args(VhackSource)
 # Managed by the sweep itself: the axes (arms, sources, seeds, preset) and the run bookkeeping.
 _RESERVED = {"intervention": "--arms", "vhack_source": "--sources", "seed": "--seeds", "preset": "--preset",
-             "run_dir": "(the sweep names run dirs)", "resume": "(the sweep resumes by itself)",
-             "force": "(not allowed in a sweep)"}
+             "run_dir": "--out (the sweep names the run dirs under it)",
+             "resume": "nothing: a sweep resumes killed runs by itself", "force": "nothing: not allowed in a sweep"}
 _RUNNER_KEYS = {"backend": str, "workers": int, "sandbox_workers": int, "address": str, "cpus_per_run": (int, float),
                 "gpus_per_run": (int, float)}  # the fields of cli.RunnerArgs
 _FILE_KEYS = {"preset": str, "arms": list, "sources": list, "seeds": list, "out": str, "overrides": dict, "grid": dict,
