@@ -69,6 +69,16 @@ def status(path: str | Path) -> Status:
     return "done" if is_done(path) else "resume" if is_started(path) else "fresh"
 
 
+def make_folder(path: str | Path, what: str) -> Path:
+    """``mkdir -p path``, or a ConfigError naming the file in the way (not Errno 17 / 20)."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"{what} {path}: {blocker} is a file, not a folder; pick another {what}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def read_config(path: str | Path) -> tuple[dict, Config]:
     """(config.json's object, its Config), or a RunDirError naming the file."""
     f = Path(path) / CONFIG
@@ -221,7 +231,7 @@ class RunDir:
         if cfg.resume and not is_run(path):  # a mistyped path must not silently start a fresh run
             raise ConfigError(f"--resume {path}: no run there (no {CONFIG}); check the path, or drop --resume "
                               f"to start a new run")
-        path.mkdir(parents=True, exist_ok=True)
+        make_folder(path, "--run-dir")
         run.lock()  # before reading anything: a second writer must not touch the files
         try:
             return run, run._prepare(cfg)

@@ -718,7 +718,7 @@ def study(a, command: str) -> int:
     last = a.last if a.last is not None else int(overrides.get("summary_last_n", PRESETS[a.preset].summary_last_n))
     if last <= 0:
         raise ConfigError(f"--last must be positive, got {last}")
-    out.mkdir(parents=True, exist_ok=True)
+    rundir.make_folder(out, "--out")
     counts = {q: (len({j.name for c in plan.cells_of(q) for j in c.jobs})) for q in plan.questions}
     doc = {"command": command, "preset": plan.preset, "seeds": list(plan.seeds), "overrides": plan.overrides,
            "runs_per_question": counts, "unique_runs": len(plan.jobs),

@@ -241,7 +241,7 @@ def sweep(a) -> int:
                                                             if getattr(a.runner, k) is None and k in data}))
     jobs = expand(g, out)
 
-    out.mkdir(parents=True, exist_ok=True)
+    rundir.make_folder(out, "--out")
     plan = {"grid": dataclasses.asdict(g), "backend": flags.backend, "workers": flags.workers,
             "sandbox_workers": flags.sandbox_workers, "command": " ".join(sys.argv),
             "runs": [dataclasses.asdict(j) for j in jobs]}
