@@ -174,13 +174,13 @@ CASES = [
      lambda t: (t / "c.json").write_text(json.dumps({"config": {"stepz": 3}})), ["c.json", "unknown config keys"]),
     # found by trying the CLI as a hostile new user (session 5): each crashed or passed silently before
     ("negative-weight-decay", ["train", "--weight-decay", "-1"], None, ["--weight-decay", ">= 0"]),
-    ("check-negative-workers", ["check", "--workers", "-1"], None, ["--workers", ">= 0"]),
+    ("check-negative-workers", ["check", "--workers", "-1"], None, ["--workers", "[0, 256]"]),
     ("check-zero-max-problems", ["check", "--max-problems", "0"], None, ["--max-problems", "positive"]),
     ("check-negative-max-problems", ["check", "--max-problems", "-1"], None, ["--max-problems", "positive"]),
     ("grade-negative-workers", ["grade", "--in", "{t}/c.jsonl", "--workers", "-2"],
      lambda t: (t / "c.jsonl").write_text(json.dumps({"problem_id": load_problems("builtin")[0].id, "mode": "sentinel",
-                                                      "completion": "x"}) + "\n"), ["--workers", ">= 0"]),
-    ("eval-negative-workers", ["eval", "--model", "tiny", "--workers", "-1"], None, ["--workers", ">= 0"]),
+                                                      "completion": "x"}) + "\n"), ["--workers", "[0, 256]"]),
+    ("eval-negative-workers", ["eval", "--model", "tiny", "--workers", "-1"], None, ["--workers", "[0, 256]"]),
     ("export-into-its-run-dir", ["export", "{t}/run", "--out", "{t}/run"], lambda t: _run_dir(t / "run", state=True),
      ["--out", "holds a run", "config.json"]),
     ("export-into-another-run", ["export", "{t}/run", "--out", "{t}/other"],
@@ -217,6 +217,8 @@ CASES = [
      ["--out", "is a file, not a folder"]),
     ("study-out-is-a-file", ["study", "--preset", "smoke", "--out", "{t}/f", "--dry-run"],
      lambda t: (t / "f").write_text("x"), ["--out", "is a file, not a folder"]),
+    ("too-many-sandbox-workers", ["train", "--sandbox-workers", "100000"], None, ["--sandbox-workers", "at most 256"]),
+    ("check-too-many-workers", ["check", "--workers", "100000"], None, ["--workers", "[0, 256]"]),
     ("config-and-preset", ["train", "--config", "{t}/c.json", "--preset", "demo"],
      lambda t: (t / "c.json").write_text(json.dumps({"config": {}})), ["--config and --preset", "give one"]),
 ]
@@ -301,6 +303,14 @@ def test_auto_dtype_is_part_of_a_runs_identity():
     assert dataclasses.replace(gpu, amp=True).resolved_dtype() == "float32"  # --amp keeps fp32 weights
     assert dataclasses.replace(smoke, dtype="float32", device="cuda")._identity() == \
         dataclasses.replace(smoke, dtype="float32", device="cpu")._identity() | {"device": "cuda"}
+
+
+def test_sandbox_worker_cap_is_the_sandboxs():
+    """The CLI's cap on grader processes is the sandbox pool's own (one uid range of UID_STRIDE per pool)."""
+    from projected_grpo.config import MAX_SANDBOX_WORKERS
+    from projected_grpo.env.sandbox import UID_STRIDE
+
+    assert MAX_SANDBOX_WORKERS == UID_STRIDE
 
 
 def test_tilde_expanded_for_check_and_loader(tmp_path, monkeypatch):

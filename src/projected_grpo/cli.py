@@ -113,8 +113,10 @@ class CheckArgs:
 def _check_counts(a) -> None:
     """--workers and --max-problems of check, grade and eval: a negative count would crash the grader pool or
     slice the problem list from the end; 0 problems would "check" nothing and report OK."""
-    if getattr(a, "workers", 0) < 0:
-        raise ConfigError(f"--workers must be >= 0 (0 = one per CPU core), got {a.workers}")
+    from .config import MAX_SANDBOX_WORKERS
+
+    if not 0 <= getattr(a, "workers", 0) <= MAX_SANDBOX_WORKERS:
+        raise ConfigError(f"--workers must be in [0, {MAX_SANDBOX_WORKERS}] (0 = one per CPU core), got {a.workers}")
     if getattr(a, "max_problems", None) is not None and a.max_problems <= 0:
         raise ConfigError(f"--max-problems must be positive (or left out for all problems), got {a.max_problems}")
 

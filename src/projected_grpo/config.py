@@ -27,6 +27,7 @@ Intervention = Literal["none", "erase", "route"]
 VhackSource = Literal["real", "random", "label_permuted", "matched_capture", "nonhack"]
 PairsSource = Literal["templates", "alt_templates", "pool"]
 Gate = Literal["one_sided", "no_gate", "reverse"]
+MAX_SANDBOX_WORKERS = 256  # env/sandbox.py's UID_STRIDE (a test pins them equal): more would crash the pool
 LOOPHOLE_MODES = loopholes.names()  # the registry (env/loopholes.py) is the one list of modes
 
 # Llama / Qwen2 / Qwen3 attention+MLP names, and Qwen3.5 GatedDeltaNet projections.
@@ -274,6 +275,8 @@ class Config:
         for name in ("warmup_steps", "sandbox_workers", "log_samples", "teacher_per_problem", "weight_decay"):
             if getattr(self, name) < 0:
                 bad(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.sandbox_workers > MAX_SANDBOX_WORKERS:
+            bad(f"--sandbox-workers must be at most {MAX_SANDBOX_WORKERS} (one uid range per pool), got {self.sandbox_workers}")
         if self.sandbox_timeout_s <= 0 or self.summary_last_n <= 0:
             bad("--sandbox-timeout-s and --summary-last-n must be positive")
         if self.amp and self.dtype in ("bfloat16", "float16"):
