@@ -219,6 +219,8 @@ CASES = [
      lambda t: (t / "f").write_text("x"), ["--out", "is a file, not a folder"]),
     ("too-many-sandbox-workers", ["train", "--sandbox-workers", "100000"], None, ["--sandbox-workers", "at most 256"]),
     ("check-too-many-workers", ["check", "--workers", "100000"], None, ["--workers", "[0, 256]"]),
+    ("results-out-over-a-run-file", ["results", "{t}/run", "--out", "{t}/run/metrics.jsonl"],
+     lambda t: _run_dir(t / "run", state=True), ["--out", "file of the run directory", "pick another file"]),
     ("config-and-preset", ["train", "--config", "{t}/c.json", "--preset", "demo"],
      lambda t: (t / "c.json").write_text(json.dumps({"config": {}})), ["--config and --preset", "give one"]),
 ]

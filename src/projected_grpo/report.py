@@ -711,6 +711,9 @@ def results_cli(run_dirs: Sequence[str], last: int = 5, fmt: Fmt = "md", out: st
                 matched_threshold: float = 0.10, include_incomplete: bool = False) -> int:
     """`projected-grpo results`: print (or write) the tables; user errors → one line on stderr, exit 2."""
     def go() -> str | None:
+        if out and rundir.is_run_file(out):
+            raise ReportError(f"--out {out} is a file of the run directory {Path(out).parent}: the tables would "
+                              f"overwrite it; pick another file")
         text = results(run_dirs, last, fmt, matched_threshold, include_incomplete)
         if not out:
             sys.stdout.write(text)

@@ -79,6 +79,13 @@ def make_folder(path: str | Path, what: str) -> Path:
     return path
 
 
+def is_run_file(path: str | Path) -> bool:
+    """``path`` is one of a run directory's own files (writing a report there would overwrite it)."""
+    p = Path(path).expanduser()
+    return (is_run(p.parent) and p.name in (CONFIG, METRICS, SAMPLES, SUMMARY, VHACK, LOCK)) or (
+        p.parent.name == CKPT and is_run(p.parent.parent))
+
+
 def read_config(path: str | Path) -> tuple[dict, Config]:
     """(config.json's object, its Config), or a RunDirError naming the file."""
     f = Path(path) / CONFIG
