@@ -45,16 +45,27 @@ def full(tmp_path_factory):
     return path
 
 
-def test_sigterm_then_resume_equals_uninterrupted(tmp_path, full):
-    env = _env()
-    cmd = [sys.executable, "-m", "projected_grpo.cli", "train", *FLAGS]
-    stopped = tmp_path / "stopped"
-    proc = subprocess.Popen([*cmd, "--run-dir", str(stopped)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    metrics = stopped / "metrics.jsonl"
+CMD = [sys.executable, "-m", "projected_grpo.cli", "train", *FLAGS]
+
+
+def _start_and_wait_for_two_rows(run, **popen):
+    """A training subprocess into ``run``, returned once its metrics.jsonl holds 2 rows (or after 600 s)."""
+    proc = subprocess.Popen([*CMD, "--run-dir", str(run)], env=_env(), stdout=subprocess.DEVNULL, **popen)
+    metrics = run / "metrics.jsonl"
     deadline = time.time() + 600  # a loaded 2-core machine runs a smoke step in tens of seconds
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
         time.sleep(0.05)
+    return proc
+
+
+def _resume(run):
+    subprocess.run([*CMD, "--run-dir", str(run), "--resume"], check=True, env=_env(), capture_output=True)
+
+
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path, full):
+    stopped = tmp_path / "stopped"
+    proc = _start_and_wait_for_two_rows(stopped, stderr=subprocess.PIPE, text=True)
+    metrics = stopped / "metrics.jsonl"
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -64,7 +75,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, full):
     state = torch.load(stopped / "ckpt" / "state.pt", weights_only=False)
     assert state["step"] == n  # the checkpoint is the last finished step's, whole
     assert not (stopped / "ckpt.tmp").exists() and not (stopped / "ckpt.old").exists()
-    subprocess.run([*cmd, "--run-dir", str(stopped), "--resume"], check=True, env=env, capture_output=True)
+    _resume(stopped)
     _same_run(full, stopped)
 
 
@@ -100,18 +111,11 @@ def test_ctrl_c_while_the_checkpoint_is_written_waits_for_it(tmp_path, monkeypat
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path, full):
     """SIGKILL of the run and its sandbox servers mid-way (no handler runs), then --resume in a new process."""
-    env = _env()
-    cmd = [sys.executable, "-m", "projected_grpo.cli", "train", *FLAGS]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, "--run-dir", str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 600  # a loaded 2-core machine runs a smoke step in tens of seconds
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.05)
+    proc = _start_and_wait_for_two_rows(killed, stderr=subprocess.DEVNULL, start_new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    n_before = len(metrics.read_text().splitlines())
+    n_before = len((killed / "metrics.jsonl").read_text().splitlines())
     assert 2 <= n_before < 4, "the run must be killed mid-way"
-    subprocess.run([*cmd, "--run-dir", str(killed), "--resume"], check=True, env=env, capture_output=True)
+    _resume(killed)
     _same_run(full, killed)

@@ -554,7 +554,9 @@ def train_attention(device: torch.device, deterministic: bool = False):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def _backward(cfg, s, prompt_ids, samples, adv, n_total, old, device) -> tuple[Losses, dict]:
+def _backward(cfg: Config, s: Setup, prompt_ids: dict[int, list[int]], samples: list[Sample], adv: torch.Tensor,
+              n_total: int, old: dict[int, torch.Tensor] | None, device: torch.device) -> tuple[Losses, dict]:
+    """`backward`'s body, inside its fused-forward and attention-kernel contexts."""
     keep = _kept(cfg, adv)
     mods = s.adapter.modules
     for m in mods.values():  # a rank whose rows all have zero advantage still all-reduces
