@@ -1050,7 +1050,8 @@ def main():
     if a.det and budget(80):  # last: --deterministic is process-wide
         with section(f"determinism {shapes[0]}"):
             T0, m0, kf0 = TABLE_ROWS.get(shapes[0], TABLE_ROWS["smoke"])[0]
-            tr = Trainer(model_folder(shapes[0], root, smoke), smoke, T0, None, P, G, micro=m0, knob_forward=kf0)
+            tr = Trainer(model_folder(shapes[0], root, smoke), smoke, T0, None, P, G, micro=m0, knob_forward=kf0,
+                         deterministic=True)  # the math attention kernel in training (train.train_attention)
             determinism(tr, ceil, shapes[0], T0)
             tr.s.grader.close()
             del tr
