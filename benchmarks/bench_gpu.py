@@ -403,7 +403,7 @@ class TextRewardGrader:
 
 # ---------------------------------------------------------------------------- timers around the trainer's own functions
 TIMES: dict[str, float] = {}
-SHAPES: list[tuple] = []  # one (U prompts, Lp, B rows, Lc) per micro-batch forward
+SHAPES: list[tuple] = []  # one (U prompts, Lp, B rows, Lc, with grad) per micro-batch forward
 
 
 def timed(key: str, fn):
@@ -459,17 +459,23 @@ def train_flops(s, shapes: list[tuple], n_comp: int, merged: bool = False) -> fl
     """FLOPs the step's forward + input-gradient backward executes (base weights frozen): every adapted
     Linear with its knob branch (branch: 2·(W + r·(in+out)) forward and again backward per token; merged:
     2·W + 2·r·in forward, 2·W + 2·r·out backward), attention (fwd 4·q·k·heads·head_dim per layer, bwd 2×),
-    and the LM head on completion tokens ×3 (forward, checkpointed recompute, backward). Padded shapes count."""
+    and the LM head on completion tokens ×3 (forward, checkpointed recompute, backward). A no-grad pass (the
+    β > 0 reference: knobs zeroed, the base model) counts its forward only: 2·W, attention, 2·LM head on its
+    (padded) completion tokens. Padded shapes count."""
     cfg = s.model.config
     nl, nh = cfg.num_hidden_layers, cfg.num_attention_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
     p_lin, p_knob = linear_flops(s.adapter, cfg)
+    head = 2 * cfg.vocab_size * cfg.hidden_size
     tot = 0.0
-    for U, Lp, B, Lc in shapes:
+    for U, Lp, B, Lc, grad in shapes:
         tok = U * Lp + B * Lc
-        tot += (4 * p_lin + 2 * p_knob if merged else 4 * (p_lin + p_knob)) * tok
-        tot += 3 * 4 * nl * nh * hd * (U * Lp * Lp + B * Lc * (Lp + Lc))
-    return tot + 6 * cfg.vocab_size * cfg.hidden_size * n_comp
+        attn = 4 * nl * nh * hd * (U * Lp * Lp + B * Lc * (Lp + Lc))
+        if not grad:
+            tot += 2 * p_lin * tok + attn + head * B * Lc
+            continue
+        tot += (4 * p_lin + 2 * p_knob if merged else 4 * (p_lin + p_knob)) * tok + 3 * attn
+    return tot + 3 * head * n_comp
 
 
 class Trainer:
@@ -550,9 +556,10 @@ class Trainer:
         def shapes(s, prompts, pairs, one_pass):
             if one_pass:
                 L = max(len(prompts[pi]) + len(c) for pi, c in pairs)
-                SHAPES.append((0, 0, len(pairs), L))
+                SHAPES.append((0, 0, len(pairs), L, torch.is_grad_enabled()))
             else:
-                SHAPES.append((len(prompts), max(map(len, prompts)), len(pairs), max(len(c) for _, c in pairs)))
+                SHAPES.append((len(prompts), max(map(len, prompts)), len(pairs), max(len(c) for _, c in pairs),
+                               torch.is_grad_enabled()))
             return orig_lp(s, prompts, pairs, one_pass)
 
         orig_lp = tr._logprobs
@@ -666,7 +673,8 @@ TABLE_ROWS = {
 }
 
 
-def table_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int, Ts, budget, trl_steps: int = 2):
+def table_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int, Ts, budget, trl_steps: int = 2,
+                trl: bool = True):
     """Ours (the fast preset at full rank, rows of TABLE_ROWS) then TRL at each of ``Ts`` on one shape, in one
     process: the side-by-side table of issue 17. Each row starts from knobs zero and a fresh Updater."""
     import dataclasses
@@ -690,7 +698,7 @@ def table_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int, 
     SVD_MEMO.clear()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    for T in Ts:
+    for T in Ts if trl else ():
         if not budget(60 if T <= 256 else 110):
             record("trl", f"{name} T{T}", skipped="device budget")
             continue
@@ -699,10 +707,12 @@ def table_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int, 
                       prompts, G, T, steps=trl_steps)
 
 
-def full_preset_bench(smoke: bool, ceil: dict, root: Path, name: str, budget, steps: int = 2, **over):
+def full_preset_bench(smoke: bool, ceil: dict, root: Path, name: str, budget, steps: int = 2, evaluate: bool = True,
+                      profile_out: str | None = None, **over):
     """``--preset full`` as it stands (43 prompts x 6, 1024 tokens, beta 1e-3, full rank, no checkpointing) at
     one shape: set-up, ``steps`` steps (no OOM?), one ``evaluate`` at the preset's size, and the 200-step
-    projection: set-up + steps x step + (200 / eval_every + 1) evaluations."""
+    projection: set-up + steps x step + (200 / eval_every + 1) evaluations. With ``profile_out``, one more step
+    of 8 prompts (the same micro-batch shape) with its ``train.backward`` under torch.profiler."""
     T = 1024 if not smoke else 16
     P, G = (43, 6) if not smoke else (2, 2)
     from projected_grpo.config import PRESETS
@@ -717,7 +727,7 @@ def full_preset_bench(smoke: bool, ceil: dict, root: Path, name: str, budget, st
     ours(tr, ceil, f"{name} --preset full T{T} ({P}x{G}), micro {cfg.micro_batch}, beta 1e-3", steps)
     step_s = RESULTS[-1]["step_s"]
     eval_s = None
-    if budget(90):
+    if evaluate and budget(90):
         from projected_grpo.train import evaluate as ev
 
         sync()
@@ -732,6 +742,11 @@ def full_preset_bench(smoke: bool, ceil: dict, root: Path, name: str, budget, st
         total = tr.setup_s + tr.basis_s + cfg.steps * step_s + n_eval * eval_s
         record("projection", f"{name} --preset full, {cfg.steps} steps + {n_eval} evaluations on one GPU",
                hours=total / 3600, setup_s=tr.setup_s + tr.basis_s, step_s=step_s, eval_s=eval_s)
+    if profile_out and budget(60):
+        import dataclasses
+
+        tr.cfg = dataclasses.replace(cfg, prompts_per_step=8 if not smoke else P)
+        profile_backward(tr, ceil, f"{name} --preset full T{T} (8x{G}), micro {cfg.micro_batch}", profile_out)
     tr.s.grader.close()
     del tr
     SVD_MEMO.clear()
@@ -767,6 +782,21 @@ def profile_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int
     record("setup", f"{name}: setup() + basis_for() on {tr.device}, full rank", setup_s=tr.setup_s,
            load_s=tr.load_s, svd_all_linears_s=tr.svd_s, basis_s=tr.basis_s, basis_axes=tr.basis.n_axes)
     ours(tr, ceil, f"{name} T{T} full rank, micro 16", 3)
+    profile_backward(tr, ceil, name, out)
+    for micro in (32, 64) if not smoke else (4,):
+        tr.cfg = dataclasses.replace(tr.cfg, micro_batch=micro)
+        tr.reset()
+        ours(tr, ceil, f"{name} T{T} full rank, micro {micro}", 2, first_step=30)
+    tr.cfg = dataclasses.replace(tr.cfg, micro_batch=16)
+    determinism(tr, ceil, name, T)
+    tr.s.grader.close()
+    del tr
+    SVD_MEMO.clear()
+
+
+def profile_backward(tr: "Trainer", ceil: dict, name: str, out: str | None):
+    """One step with its ``train.backward`` under torch.profiler: top kernels by device time and the
+    device-busy fraction of the backward's wall time (a record row; the tables to ``out``)."""
     profs: list = []
     with patched(tr.tr, "backward", profiled(tr.tr.backward, profs)):
         t = time.perf_counter()
@@ -786,15 +816,6 @@ def profile_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int
     log(text)
     if out:
         Path(out).write_text(text)
-    for micro in (32, 64) if not smoke else (4,):
-        tr.cfg = dataclasses.replace(tr.cfg, micro_batch=micro)
-        tr.reset()
-        ours(tr, ceil, f"{name} T{T} full rank, micro {micro}", 2, first_step=30)
-    tr.cfg = dataclasses.replace(tr.cfg, micro_batch=16)
-    determinism(tr, ceil, name, T)
-    tr.s.grader.close()
-    del tr
-    SVD_MEMO.clear()
 
 
 def determinism(tr: "Trainer", ceil: dict, name: str, T: int):
@@ -967,7 +988,9 @@ def main():
     ap.add_argument("--det", action="store_true", help="--section table/full: then --deterministic, steps 0-1 twice "
                     "on the first shape (after everything else: it is process-wide)")
     ap.add_argument("--pytest", action="store_true", help="--section table/full: then run pytest -m gpu")
-    ap.add_argument("--profile-out", help="where --section profile writes the profiler tables")
+    ap.add_argument("--profile-out", help="where --section profile (or full) writes the profiler tables")
+    ap.add_argument("--no-eval", action="store_true", help="--section full: skip the evaluation and the projection")
+    ap.add_argument("--no-trl", action="store_true", help="--section table: our rows only")
     ap.add_argument("--models", default=os.environ.get("BENCH_MODELS", "/dev/shm/pgrpo-models"),
                     help="folder for the random-weight model folders")
     ap.add_argument("--budget-s", type=float, default=1e9,
@@ -1042,11 +1065,12 @@ def main():
                 record("table", name, skipped="device budget")
                 continue
             with section(f"table {name}"):
-                table_bench(smoke, ceil, root, name, P, G, Ts, budget)
+                table_bench(smoke, ceil, root, name, P, G, Ts, budget, trl=not a.no_trl)
     if a.section == "full":  # --preset full at the last shape: no OOM, evaluation, the 200-step projection
         if budget(120):
             with section(f"full {shapes[-1]}"):
-                full_preset_bench(smoke, ceil, root, shapes[-1], budget)
+                full_preset_bench(smoke, ceil, root, shapes[-1], budget, evaluate=not a.no_eval,
+                                  profile_out=a.profile_out)
     if a.det and budget(80):  # last: --deterministic is process-wide
         with section(f"determinism {shapes[0]}"):
             T0, m0, kf0 = TABLE_ROWS.get(shapes[0], TABLE_ROWS["smoke"])[0]

@@ -213,12 +213,12 @@ class KnobLinear(nn.Module):
         return s if base is None else base + s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
         scale = self.scale()
         if scale is None:
-            return y
+            return self.base(x)
         if self.fused is not None and not self.capture:
-            return self._fused_forward(x, scale)
+            return self._fused_forward(x, scale)  # W' x: the base product is inside W'
+        y = self.base(x)
         h = x @ self.Vh.T  # (..., r)
         hs = h * scale.to(h.dtype)
         if self.capture and hs.requires_grad:
@@ -235,6 +235,8 @@ class KnobLinear(nn.Module):
             self.fused[self.state] = w
         b = self.base.bias
         with torch.autocast(x.device.type, enabled=False):
+            if not (torch.is_grad_enabled() and scale.requires_grad):  # nothing to differentiate: skip x Vhᵀ
+                return nn.functional.linear(x.to(dt), w, None if b is None else b.to(dt))
             return _FusedKnob.apply(x.to(dt), w, None if b is None else b.to(dt), self.U.to(dt), self.Vh.to(dt), scale)
 
     def _row_grad_hook(self, h: torch.Tensor):
