@@ -223,6 +223,37 @@ CASES = [
      lambda t: _run_dir(t / "run", state=True), ["--out", "file of the run directory", "pick another file"]),
     ("config-and-preset", ["train", "--config", "{t}/c.json", "--preset", "demo"],
      lambda t: (t / "c.json").write_text(json.dumps({"config": {}})), ["--config and --preset", "give one"]),
+    # found by the hostile-newcomer pass of session 6: each ran silently (or failed only after the model load) before
+    ("too-many-vhack-pairs", ["train", "--vhack-pairs", "100000"], None, ["--vhack-pairs", "[1, 4096]", "100000"]),
+    ("layers-reversed", ["train", "--layers", "5-2"], None, ["--layers 5-2", "reversed", "2-5"]),
+    ("layers-reversed-in-a-list", ["train", "--layers", "0,9-3"], None, ["range 9-3 is reversed", "3-9"]),
+    ("layers-garbage", ["train", "--layers", "x"], None, ["--layers", "10-20", "'x'"]),
+    ("layers-beyond-the-model", ["train", "--layers", "0-9"], None,
+     ["--layers 0-9", "the model has layers 0-1", "2-9 do not exist"]),
+    ("run-dir-empty", ["train", "--run-dir", ""], None, ["--run-dir is empty", "leave the flag out"]),
+    ("run-dir-blank", ["train", "--run-dir=  "], None, ["--run-dir is empty"]),
+    ("dataset-leetcode-no-path", ["train", "--dataset", "leetcode:"], None,
+     ["leetcode: needs the path", "leetcode:problems.jsonl"]),
+    ("dataset-leetcode-folder", ["train", "--dataset", "leetcode:{t}"], None, ["is a folder", "one JSONL file"]),
+    ("dataset-synth-no-seed", ["train", "--dataset", "synth:"], None, ["synth: needs a seed", "synth:1"]),
+    ("dataset-hf-no-name", ["train", "--dataset", "hf:"], None, ["hf: needs a dataset", "hf:org/name"]),
+    ("check-leetcode-no-path", ["check", "--dataset", "leetcode:"], None, ["leetcode: needs the path"]),
+    ("warmup-longer-than-run", ["train", "--warmup-steps", "5", "--steps", "4"], None,
+     ["--warmup-steps 5", "--steps 4", "never reach --lr"]),
+    ("negative-temperature", ["train", "--temperature", "-1"], None, ["--temperature >= 0", "got", "-1.0"]),
+    ("export-out-empty", ["export", "{t}/run", "--out", ""], lambda t: _run_dir(t / "run", state=True),
+     ["--out is empty"]),
+    ("export-run-dir-empty", ["export", "", "--out", "{t}/exp"], None, ["RUN_DIR is empty"]),
+    ("results-out-empty", ["results", "{t}/run", "--out", ""], lambda t: _run_dir(t / "run", state=True),
+     ["--out is empty"]),
+    ("results-run-dir-empty", ["results", ""], None, ["RUN_DIRS has an empty value"]),
+    ("plot-out-empty", ["plot", "{t}/run", "--out", ""], lambda t: _run_dir(t / "run", state=True), ["--out is empty"]),
+    ("grade-in-empty", ["grade", "--in", ""], None, ["--in is empty"]),
+    ("demo-out-empty", ["demo", "--out", ""], None, ["--out is empty"]),
+    ("study-out-empty", ["study", "--preset", "smoke", "--out", "", "--dry-run"], None, ["--out is empty"]),
+    ("sweep-file-empty", ["sweep", "--file", "", "--dry-run"], None, ["--file is empty"]),
+    ("config-empty-model", ["train", "--config", "{t}/c.json"],
+     lambda t: (t / "c.json").write_text(json.dumps({"config": {"model": ""}})), ["c.json", "['model'] are empty"]),
 ]
 
 
@@ -327,3 +358,87 @@ def test_tilde_expanded_for_check_and_loader(tmp_path, monkeypatch):
     assert (cfg.model, cfg.dataset, cfg.run_dir, cfg.teacher_pool) == (
         str(tmp_path / "m"), f"leetcode:{tmp_path / 'p.jsonl'}", str(tmp_path / "r"), str(tmp_path / "pool.jsonl"))
     assert model_path("~/m") == str(tmp_path / "m")  # the loader expands too, for configs built in code
+
+
+# ----------------------------------------------------------------------------- session 6: what the hostile pass found
+TINY_RUN = ["--preset", "smoke", "--steps", "2", "--eval-problems", "1", "--sandbox-workers", "1", "--max-new-tokens", "8"]
+
+
+@pytest.mark.parametrize("stop_at,words", [
+    (None, ["before training opened its run directory", "no checkpoint exists"]),
+    (0, ["before the first checkpoint", "no checkpoint was written yet", "--resume", "from step 0"]),
+    (1, ["the checkpoint of step 1", "is intact", "--resume", "continue from step 1"]),
+], ids=["before-run-dir", "before-first-checkpoint", "after-a-checkpoint"])
+def test_interrupt_line_says_what_is_on_disk(stop_at, words, tmp_path, monkeypatch, capsys):
+    """SIGTERM before the run dir, before the first checkpoint and after one: the line names what is on disk (it
+    said "the last checkpoint is intact" in all three), exit 143, and --resume then does what the line says."""
+    import signal
+
+    from projected_grpo import train as train_mod
+    from projected_grpo.interrupts import Interrupted
+
+    run = tmp_path / "run"
+    step_fn = train_mod.train_step
+
+    def sigterm(*a):
+        raise Interrupted(signal.SIGTERM)
+
+    def step_or_sigterm(cfg, s, upd, step):  # SIGTERM arriving during step index stop_at (0: the first step)
+        return sigterm() if step == stop_at else step_fn(cfg, s, upd, step)
+
+    if stop_at is None:
+        monkeypatch.setattr(train_mod, "preflight", sigterm)
+    else:
+        monkeypatch.setattr(train_mod, "train_step", step_or_sigterm)
+    capsys.readouterr()
+    assert main(["train", *TINY_RUN, "--run-dir", str(run)]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and all(w in line for w in words), line
+    if stop_at is None:
+        assert not run.exists()
+        return
+    assert str(run) in line
+    assert (run / "ckpt").exists() == (stop_at > 0)
+    monkeypatch.setattr(train_mod, "train_step", step_fn)
+    assert main(["train", *TINY_RUN, "--run-dir", str(run), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert ("no checkpoint yet" in err) == (stop_at == 0)  # the resume started over, or continued
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_layers_beyond_the_loaded_model_is_one_line(tmp_path, monkeypatch, capsys):
+    """--layers past the model's last layer: preflight refuses it from the model's config (a table case); for a
+    config without a layer count the adapter refuses it on the loaded model's module names, in one line too."""
+    from projected_grpo import preflight as preflight_mod
+    from projected_grpo.adapter import AdapterError, SVDAdapter
+    from projected_grpo.config import DEFAULT_TARGETS
+    from projected_grpo.models import load_model
+
+    model, _ = load_model("tiny")
+    with pytest.raises(AdapterError, match=r"^--layers 1,3-5,9: the model has layers 0-1; layer\(s\) 3-5,9 do not exist"):
+        SVDAdapter.attach(model, DEFAULT_TARGETS, "1,3-5,9")
+    with pytest.raises(AdapterError, match="range 4-2 is reversed"):
+        SVDAdapter.attach(model, DEFAULT_TARGETS, "4-2")
+    with pytest.raises(AdapterError, match="layer\\(s\\) 2-1000000000 do not exist"):  # no billion-entry set first
+        SVDAdapter.attach(model, DEFAULT_TARGETS, "0-1000000000")
+    monkeypatch.setattr(preflight_mod, "check_layers", lambda spec, hf_cfg: None)  # a config without num_hidden_layers
+    capsys.readouterr()
+    assert main(["train", *TINY_RUN, "--run-dir", str(tmp_path / "run"), "--layers", "0-7"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: --layers 0-7: the model has layers 0-1")
+
+
+def test_mix_ratio_one_has_no_student_rates(tmp_path, capsys):
+    """--mix-ratio 1: every group row is a teacher completion, so the student rates (hack_s, solve_s, cin_s,
+    frac_truncated) are null, not 0 (frac_truncated said 0.0); the teacher's are measured; the summary line says
+    why instead of printing "hack_s -"."""
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", *TINY_RUN, "--steps", "1", "--mix-ratio", "1", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert [row[k] for k in ("hack_s", "solve_s", "cin_s", "frac_truncated")] == [None] * 4
+    assert isinstance(row["hack_t"], float) and isinstance(row["cin_t"], float)
+    assert json.loads((run / "summary.json").read_text())["hack_s"] is None
+    assert "no student samples (--group 4 x --mix-ratio 1.0" in out and "hack_s -" not in out

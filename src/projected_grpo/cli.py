@@ -373,10 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into one by the trainer (train.Interrupted)
-        signum = getattr(e, "signum", 2)
-        print("interrupted" + ("; the last checkpoint is intact: resume with --resume" if verb in ("train", "demo")
-                               else ""), file=sys.stderr)
-        return 128 + signum
+        from .interrupts import stopped_line
+
+        print(stopped_line(e, verb), file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ VhackSource = Literal["real", "random", "label_permuted", "matched_capture", "no
 PairsSource = Literal["templates", "alt_templates", "pool"]
 Gate = Literal["one_sided", "no_gate", "reverse"]
 MAX_SANDBOX_WORKERS = 256  # env/sandbox.py's UID_STRIDE (a test pins them equal): more would crash the pool
+# V's extraction holds every pair's hack and clean knob gradient at once, (2 x pairs, rank) fp32 per module on
+# the CPU: ~4.3 MB a pair at Qwen3-4B full rank (534k knob dims), so 4096 pairs (32x the full preset's 128)
+# take ~17.5 GB and 8192 forward/backward rows; 100k pairs would be killed for memory after hours of backward.
+MAX_VHACK_PAIRS = 4096
 LOOPHOLE_MODES = loopholes.names()  # the registry (env/loopholes.py) is the one list of modes
 
 # Llama / Qwen2 / Qwen3 attention+MLP names, and Qwen3.5 GatedDeltaNet projections.
@@ -250,6 +254,9 @@ class Config:
                      "ppo_epochs"):
             if getattr(self, name) <= 0:
                 bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.vhack_pairs > MAX_VHACK_PAIRS:
+            bad(f"--vhack-pairs must be in [1, {MAX_VHACK_PAIRS}] (V's extraction keeps every pair's gradients in memory), "
+                f"got {self.vhack_pairs}")
         if not 0.0 <= self.mix_ratio <= 1.0:
             bad(f"--mix-ratio must be in [0, 1], got {self.mix_ratio}")
         if min(self.eval_problems, self.eval_every, self.vhack_refresh_every, self.eval_samples, self.eval_kl_rows) < 0:
@@ -257,7 +264,8 @@ class Config:
         if self.lr <= 0:
             bad(f"--lr must be positive, got {self.lr}")
         if not 0.0 < self.top_p <= 1.0 or self.temperature < 0:
-            bad("--top-p must be in (0, 1] and --temperature >= 0")
+            bad("--top-p must be in (0, 1] and --temperature >= 0, got --top-p "
+                f"{self.top_p} --temperature {self.temperature}")
         if self.beta < 0 or self.clip_eps <= 0 or self.overshoot <= 0:
             bad("--beta must be >= 0, --clip-eps and --overshoot > 0")
         if not 0.0 <= self.vhack_quantile < 1.0 or not 0.0 <= self.vhack_tau <= 1.0:
@@ -284,8 +292,13 @@ class Config:
                 f"(drop --amp, or use --dtype float32 / auto)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             bad(f"--device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
-        if self.layers is not None and not re.fullmatch(r"\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*", self.layers):
-            bad(f"--layers must look like 10-20 or 0,5,9 or 0-3,8; got {self.layers!r}")
+        if self.layers is not None:
+            layer_ranges(self.layers)  # form and order; the model's layer count: preflight, then the adapter
+        if self.run_dir is not None and not self.run_dir.strip():
+            bad("--run-dir is empty; give a folder, or leave --run-dir out for runs/<arm>-s<seed>-<hash>")
+        if self.warmup_steps > self.steps:
+            bad(f"--warmup-steps {self.warmup_steps} is longer than the run (--steps {self.steps}): the learning rate "
+                f"would never reach --lr; lower --warmup-steps to at most --steps")
         bad_kinds = set(self.teacher_kinds) - {"hack", "clean", "wrong", "rollout"}
         if bad_kinds or not self.teacher_kinds:
             bad(f"--teacher-kinds must be a non-empty subset of hack clean wrong rollout, got {list(self.teacher_kinds)}")
@@ -375,6 +388,21 @@ _BOOKKEEPING = {"run_dir", "resume", "force", "preset", "tracker", "sandbox_work
 def _digest(d: dict, exclude: set[str]) -> str:
     payload = json.dumps({k: v for k, v in sorted(d.items()) if k not in exclude}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+def layer_ranges(spec: str) -> list[tuple[int, int]]:
+    """``"0-3,8"`` → [(0, 3), (8, 8)]: the inclusive layer ranges of --layers, or a ConfigError for a malformed
+    spec or a reversed range (``5-2`` would select nothing)."""
+    if not re.fullmatch(r"\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*", spec):
+        raise ConfigError(f"--layers must look like 10-20 or 0,5,9 or 0-3,8; got {spec!r}")
+    out = []
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        lo, hi = int(a), int(b or a)
+        if lo > hi:
+            raise ConfigError(f"--layers {spec}: range {part.strip()} is reversed; write {hi}-{lo}")
+        out.append((lo, hi))
+    return out
 
 
 def config_from_dict(d: dict) -> Config:
@@ -497,13 +525,35 @@ def parse_args(cls, **kwargs):
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            return tyro.cli(cls, **kwargs)
+            parsed = tyro.cli(cls, **kwargs)
+        refuse_empty(parsed)
+        return parsed
     except SystemExit as e:
         if e.code in (0, None):
             raise
         text = re.sub(r"[╭╮╰╯│─]+|-{4,}", " ", err.getvalue())  # tyro's frame, in unicode or ascii
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "full helptext" not in ln]
         raise ConfigError(" ".join(" ".join(lines[1:] if len(lines) > 1 else lines).split()) or "bad arguments") from None
+
+
+def refuse_empty(args) -> None:
+    """A ConfigError for an empty or blank string given to any flag of dataclass ``args`` (nested ones too): every
+    string flag is a path, a name or a spec, and "" would silently mean the default (`--run-dir ""`), the current
+    folder (`export --out ""` wrote the model into it) or stdout (`results --out ""`)."""
+    hints = typing.get_type_hints(type(args), include_extras=True)
+    for f in dataclasses.fields(args):
+        v = getattr(args, f.name)
+        if dataclasses.is_dataclass(v):
+            refuse_empty(v)
+            continue
+        values = v if isinstance(v, (list, tuple)) else [v]
+        if any(isinstance(x, str) and not x.strip() for x in values):
+            positional = "Positional" in str(hints[f.name])
+            name = f.name.rstrip("_").upper() if positional else "--" + f.name.rstrip("_").replace("_", "-")
+            optional = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            what = f"{name} has an empty value" if isinstance(v, (list, tuple)) else f"{name} is empty"
+            fix = "give a value, or leave the flag out for its default" if optional and not positional else "give a value"
+            raise ConfigError(f"{what}; {fix}")
 
 
 def _list_flags(cls) -> set[str]:
@@ -572,6 +622,8 @@ def load_config_file(path: str) -> Config:
         raise ConfigError(f"--config {path}: {e}") from None
     if cfg.preset not in PRESETS:
         raise ConfigError(f"--config {path}: unknown preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
+    if empty := [k for k, v in cfg.to_dict().items() if isinstance(v, str) and not v.strip()]:
+        raise ConfigError(f"--config {path}: field(s) {empty} are empty; give them a value or leave them out")
     return dataclasses.replace(cfg, resume=False, force=False)
 
 

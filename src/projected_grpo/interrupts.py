@@ -52,3 +52,22 @@ def deferred():
             signal.signal(s, h)
     if pending:
         raise Interrupted(pending[0])
+
+
+def stopped_line(e: BaseException, verb: str) -> str:
+    """The CLI's one line after Ctrl-C / SIGTERM, true to what is on disk. `train.train` sets ``e.run_dir`` and
+    ``e.checkpoint_step`` (the last checkpoint's step, 0: none written yet); without them training had not
+    opened its run directory."""
+    if verb not in ("train", "demo"):
+        return "interrupted"
+    again = "run the same demo command again (it resumes the arm)" if verb == "demo" else \
+        "rerun the same command with --resume"
+    run, step = getattr(e, "run_dir", None), getattr(e, "checkpoint_step", None)
+    if run is None and verb == "demo":  # between two arms, or before the first
+        return "interrupted; run the same demo command again (it skips finished arms and resumes the others)"
+    if run is None:
+        return "interrupted before training opened its run directory: no checkpoint exists; run the command again"
+    if step:
+        return f"interrupted; the checkpoint of step {step} in {run} is intact: {again} to continue from step {step}"
+    return (f"interrupted before the first checkpoint: no checkpoint was written yet in {run}; {again} to start "
+            f"it over from step 0")

@@ -167,9 +167,10 @@ def _check_tokenizer(name: str, tok) -> None:
                              f"or add a chat_template to its tokenizer_config.json")
 
 
-def check_model(name: str, rollout_backend: str = "hf") -> None:
+def check_model(name: str, rollout_backend: str = "hf"):
     """Everything about ``name`` that needs no weights, before the slow load: the folder or hub id resolves,
-    the tokenizer has a chat template, ``--rollout-backend fast`` supports the architecture."""
+    the tokenizer has a chat template, ``--rollout-backend fast`` supports the architecture. Returns the
+    model's transformers config (preflight checks --layers against its layer count)."""
     if name == "tiny":
         from transformers import AutoConfig
 
@@ -188,6 +189,7 @@ def check_model(name: str, rollout_backend: str = "hf") -> None:
         from .fastgen import check_architecture
 
         check_architecture(hf_cfg)
+    return hf_cfg
 
 
 def _first_line(e: BaseException) -> str:

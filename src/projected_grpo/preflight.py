@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, layer_ranges
 from .env.pool import TeacherPool
 from .env.problems import DATA_SEED, load_problems
 from .models import check_model
@@ -35,7 +35,22 @@ def preflight(cfg: Config) -> None:
             TeacherPool.load(cfg.teacher_pool)
         except (ValueError, OSError) as e:
             raise ConfigError(f"--teacher-pool {cfg.teacher_pool}: {e}") from None
-    check_model(cfg.model, cfg.rollout_backend)
+    hf_cfg = check_model(cfg.model, cfg.rollout_backend)
+    if cfg.layers is not None:
+        check_layers(cfg.layers, hf_cfg)
+
+
+def check_layers(spec: str, hf_cfg) -> None:
+    """--layers within the model's decoder layers, from its config (no weights); the adapter checks again on the
+    loaded model's module names (SVDAdapter.attach), for a config that does not say its layer count."""
+    text = hf_cfg.get_text_config() if hasattr(hf_cfg, "get_text_config") else hf_cfg
+    n = getattr(text, "num_hidden_layers", None)
+    if not isinstance(n, int) or n <= 0:
+        return
+    if beyond := [(max(a, n), b) for a, b in layer_ranges(spec) if b >= n]:
+        span = ",".join(f"{a}-{b}" if b > a else str(a) for a, b in beyond)
+        raise ConfigError(f"--layers {spec}: the model has layers 0-{n - 1}; layer(s) {span} do not exist (pick "
+                          f"--layers within them, or leave it out for all)")
 
 
 def check_checkpoint(ckpt: Path) -> None:

@@ -325,7 +325,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
         raise ConfigError(error)
     if not dist.is_main():
         run, state = RunDir.open(cfg, write=False)
-    s = None
+    s, done = None, int(state["step"]) if state is not None else 0  # done: the step of the checkpoint on disk
     restore_sigterm = interrupts.stop_on_sigterm()  # SIGTERM unwinds like Ctrl-C: the finally below runs
     try:  # from here on the run dir is locked (rank 0): released in the finally, whatever happens
         if state is not None:
@@ -380,6 +380,7 @@ def train(cfg: Config, quiet: bool = False) -> Path:
                     tracker.log(row, step)
                     run.save_checkpoint(s.adapter, {"step": step + 1, **upd.state_dict(), "rng": rng_state(),
                                                     "config_hash": cfg.hash()}, basis)
+                    done = step + 1
             bar.set_postfix(hack_s=_fmt(row.get("hack_s")), solve_s=_fmt(row.get("solve_s")), cin=_fmt(row.get("cin")))
         bar.close()
         tracker.close()
@@ -391,6 +392,9 @@ def train(cfg: Config, quiet: bool = False) -> Path:
                 print_summary(cfg, run.path, summary)
         dist.barrier()
         return run.path
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the CLI's line says what is on disk (interrupts.stopped_line)
+        e.run_dir, e.checkpoint_step = run.path, done
+        raise
     finally:
         restore_sigterm()
         if s is not None:
@@ -483,7 +487,7 @@ def metrics_row(cfg: Config, s: Setup, step: int, parts: list[RankPart], diag: d
            "hack_s": _mean(x.grade["exploited"] for x in st), "solve_s": _mean(x.grade["gt_correct"] for x in st),
            "hack_t": _mean(x.grade["exploited"] for x in te), "solve_t": _mean(x.grade["gt_correct"] for x in te),
            "frac_zero_var": _mean(z for p in parts for z in p.zero_var),
-           "frac_truncated": _mean(x.truncated for x in st) or 0.0, "loss": sum(e.loss for e in first),
+           "frac_truncated": _mean(x.truncated for x in st), "loss": sum(e.loss for e in first),
            "kl": sum(e.kl_sum for e in first) / kl_rows if kl_rows else 0.0, "gn": gn,
            **diag, "dS": dS, "dSh": dSh, "lr": lr,
            "ratio_mean": sum(e.ratio_sum for e in every) / ratio_tok if ratio_tok else None,
@@ -690,7 +694,9 @@ def print_summary(cfg: Config, path: Path, s: dict) -> None:
     print(f"\n== {cfg.arm} seed {cfg.seed} ({s['hash']}) -> {path}")
     if s.get("hack_prior") is not None:
         print(f"   before RL: hack_prior {f(s['hack_prior'])}  solve_prior {f(s.get('solve_prior'))} ({s.get('prior_n')} samples)")
-    print(f"   last {s['last_n']} steps: hack_s {f(s['hack_s'])}  solve_s {f(s['solve_s'])}  cin {f(s['cin'])}  "
+    student = f"hack_s {f(s['hack_s'])}  solve_s {f(s['solve_s'])}" if cfg.student_per_group else \
+        f"no student samples (--group {cfg.group} x --mix-ratio {cfg.mix_ratio}: every row a teacher's; hack_s null)"
+    print(f"   last {s['last_n']} steps: {student}  cin {f(s['cin'])}  "
           f"cout {f(s['cout'])}  cout_update {f(s['cout_update'])}  |dS_hack| {f(s['dSh'])}")
     e = s.get("final_eval")
     if e:

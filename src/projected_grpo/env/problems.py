@@ -285,6 +285,10 @@ def leetcode_problem(row: dict, lineno: int = 0) -> tuple[Problem, int]:
 
 
 def _leetcode(path: str) -> list[Problem]:
+    if not path.strip():
+        raise ValueError("leetcode: needs the path of a JSONL file after the colon, e.g. leetcode:problems.jsonl")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; leetcode: takes one JSONL file, e.g. leetcode:{path.rstrip('/')}/problems.jsonl")
     if not os.path.isfile(path):
         raise ValueError(f"dataset file not found: {path}")
     DATA_PATHS.add(os.path.dirname(os.path.realpath(path)))
