@@ -397,9 +397,11 @@ def eval_command(a) -> int:
     from .env.grader import GraderPool
     from .env.problems import DATA_SEED, load_problems, split_problems
     from .models import load_model, resolve_device
+    from .preflight import check_context
 
-    if a.k < 0 or a.temperature < 0 or not 0 < a.top_p <= 1:
-        raise ConfigError("--k must be >= 0, --temperature >= 0 and --top-p in (0, 1]")
+    if a.k < 0 or not 0 <= a.temperature < float("inf") or not 0 < a.top_p <= 1:  # NaN fails both ranges
+        raise ConfigError(f"--k must be >= 0, --temperature a finite number >= 0 and --top-p in (0, 1]; got --k {a.k} "
+                          f"--temperature {a.temperature} --top-p {a.top_p}")
     if a.max_problems is not None and a.max_problems <= 0:
         raise ConfigError(f"--max-problems must be positive, got {a.max_problems}")
     if a.max_new_tokens is not None and a.max_new_tokens <= 0:
@@ -464,6 +466,7 @@ def eval_command(a) -> int:
 
     conds = (("kept", True), ("kept", False)) + ((("abl", True), ("abl", False)) if route else ())
     tokens = a.max_new_tokens or (cfg.max_new_tokens if cfg else BASE_MAX_NEW_TOKENS)
+    check_context(tokens, model.config)
     spec = EvalSpec(conditions=conds, samples=a.k, temperature=a.temperature, top_p=a.top_p, max_new_tokens=tokens,
                     seed=a.seed, backend=a.backend, compile=None, enable_thinking=bool(cfg and cfg.enable_thinking))
     note(f"evaluating {len(probs)} problems of {dataset}: {len(conds)} conditions x (greedy + {a.k} samples), "
