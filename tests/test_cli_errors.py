@@ -260,6 +260,7 @@ CASES = [
      ["--max-new-tokens 100000", "context of 4096 positions"]),
     ("eval-nan-temperature", ["eval", "--model", "tiny", "--temperature", "nan"], None,
      ["--temperature a finite number", "got", "nan"]),
+    ("group-of-one", ["train", "--group", "1"], None, ["--group must be at least 2", "got 1"]),
     ("eval-max-new-tokens-beyond-context", ["eval", "--model", "tiny", "--max-new-tokens", "5000", "--quiet"], None,
      ["--max-new-tokens 5000", "context of 4096 positions"]),
     ("eval-inf-temperature", ["eval", "--model", "tiny", "--temperature", "inf"], None, ["--temperature inf"]),
@@ -438,6 +439,17 @@ def test_layers_beyond_the_loaded_model_is_one_line(tmp_path, monkeypatch, capsy
     assert main(["train", *TINY_RUN, "--run-dir", str(tmp_path / "run"), "--layers", "0-7"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: --layers 0-7: the model has layers 0-1")
+
+
+def test_unknown_target_modules_name_the_models_linears(tmp_path, capsys):
+    """--target-modules that match no Linear: known only once the model is built; one line that lists the names
+    the model's Linear layers do have (it said "(layers=None)")."""
+    capsys.readouterr()
+    assert main(["train", *TINY_RUN, "--run-dir", str(tmp_path / "run"), "--target-modules", "qproj"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: --target-modules qproj: no Linear layer of the model ends "
+                                                   "with these names; its Linear layers are named ['down_proj',")
 
 
 def test_mix_ratio_one_has_no_student_rates(tmp_path, capsys):

@@ -336,7 +336,10 @@ class SVDAdapter:
                     continue
             found[name] = KnobLinear(mod, rank, use_cache)
         if not found:
-            raise AdapterError(f"no Linear layer matches targets {list(targets)} (layers={layers})")
+            names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+            raise AdapterError(f"--target-modules {' '.join(targets)}: no Linear layer of the model"
+                               + (f" in --layers {layers}" if layers else "") + f" ends with these names; its Linear "
+                               f"layers are named {names[:12]}" + (" ..." if len(names) > 12 else ""))
         base_id = str(getattr(model, "name_or_path", "") or getattr(model.config, "name_or_path", ""))
         adapter = cls(model, found, base_id)
         adapter._swap_plain(plain=False)  # the knob layers go in

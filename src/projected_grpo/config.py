@@ -257,6 +257,9 @@ class Config:
         if self.vhack_pairs > MAX_VHACK_PAIRS:
             bad(f"--vhack-pairs must be in [1, {MAX_VHACK_PAIRS}] (V's extraction keeps every pair's gradients in memory), "
                 f"got {self.vhack_pairs}")
+        if self.group < 2:  # the advantage is R - mean(R) over the group: 0 for every completion of a group of one
+            bad(f"--group must be at least 2 (GRPO's advantage compares the completions of a group; with one it is 0 "
+                f"and nothing trains), got {self.group}")
         if not 0.0 <= self.mix_ratio <= 1.0:
             bad(f"--mix-ratio must be in [0, 1], got {self.mix_ratio}")
         if min(self.eval_problems, self.eval_every, self.vhack_refresh_every, self.eval_samples, self.eval_kl_rows) < 0:
