@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
-from .config import Config, ConfigError
+from .config import MAX_SANDBOX_WORKERS, Config, ConfigError
 
 LOG_NAME = "train.log"
 _ENV_PREFIXES = ("PROJECTED_GRPO_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "CUDA_LAUNCH_", "PYTORCH_")
@@ -207,6 +208,12 @@ def resolve(flags: Any) -> Any:
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     sandbox = int(flags.sandbox_workers) if flags.sandbox_workers is not None else max(1, cpus // workers - 1)
+    if not 0 <= sandbox <= MAX_SANDBOX_WORKERS:  # else every run would fail on it, one by one, after the plan
+        raise ConfigError(f"--sandbox-workers must be in [0, {MAX_SANDBOX_WORKERS}] (0 = one per CPU core), got {sandbox}")
+    if flags.cpus_per_run is not None and not (math.isfinite(flags.cpus_per_run) and flags.cpus_per_run > 0):
+        raise ConfigError(f"--cpus-per-run must be a finite number > 0, got {flags.cpus_per_run}")  # NaN too
+    if flags.gpus_per_run is not None and not (math.isfinite(flags.gpus_per_run) and flags.gpus_per_run >= 0):
+        raise ConfigError(f"--gpus-per-run must be a finite number >= 0, got {flags.gpus_per_run}")
     if backend == "ray":
         import_ray()
     return dataclasses.replace(flags, backend=backend, workers=workers, sandbox_workers=sandbox,
