@@ -471,3 +471,5 @@ def test_mix_ratio_one_has_no_student_rates(tmp_path, capsys):
     assert isinstance(row["hack_t"], float) and isinstance(row["cin_t"], float)
     assert json.loads((run / "summary.json").read_text())["hack_s"] is None
     assert "no student samples (--group 4 x --mix-ratio 1.0" in out and "hack_s -" not in out
+    assert main(["results", str(run)]) == 0
+    assert "no student samples (round(group x mix_ratio) = group" in capsys.readouterr().out

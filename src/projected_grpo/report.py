@@ -95,6 +95,12 @@ class Run:
         return vals[-1] if vals else None
 
 
+def _no_student_rows(config: dict) -> bool:
+    """Every row of a group is a teacher completion (config.Config.student_per_group == 0)."""
+    g, m = config.get("group"), config.get("mix_ratio")
+    return isinstance(g, int) and isinstance(m, (int, float)) and g - round(g * m) <= 0
+
+
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -399,6 +405,9 @@ def build_tables(runs: Sequence[Run], last: int = 5, matched_threshold: float = 
                              r.hash, r.match_hash, *(r.last_mean(k, last) for k in TRAIN_KEYS),
                              *(r.last_value(k) for k in EVAL_KEYS)])
 
+    if teacher_only := [r.name for r in ordered if _no_student_rows(r.config)]:
+        notes.append("no student samples (round(group x mix_ratio) = group, e.g. --mix-ratio 1): hack_s, solve_s and "
+                     "cin_s are – (not measured, not 0) in " + ", ".join(teacher_only))
     agg = [r for r in runs if r.complete or include_incomplete]
     excluded = [r for r in runs if r not in agg]
     if excluded:
