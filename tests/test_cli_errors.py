@@ -425,6 +425,18 @@ def test_interrupt_line_says_what_is_on_disk(stop_at, words, tmp_path, monkeypat
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def test_interrupt_line_of_demo_and_other_verbs():
+    """`demo` resumes by itself (no --resume to give); a verb that trains nothing just says it was interrupted."""
+    from projected_grpo.interrupts import Interrupted, stopped_line
+
+    e = Interrupted(15)
+    assert stopped_line(e, "results") == "interrupted"
+    assert "run the same demo command again" in stopped_line(e, "demo") and "--resume" not in stopped_line(e, "demo")
+    e.run_dir, e.checkpoint_step = "runs/demo/erase", 3
+    assert stopped_line(e, "demo") == ("interrupted; the checkpoint of step 3 in runs/demo/erase is intact: run the same "
+                                       "demo command again (it resumes the arm) to continue from step 3")
+
+
 def test_layers_beyond_the_loaded_model_is_one_line(tmp_path, monkeypatch, capsys):
     """--layers past the model's last layer: preflight refuses it from the model's config (a table case); for a
     config without a layer count the adapter refuses it on the loaded model's module names, in one line too."""
