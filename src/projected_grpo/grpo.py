@@ -82,6 +82,15 @@ def completion_logprobs(model, batch: Batch, chunk: int = 1024) -> torch.Tensor:
     return out
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without a stream sync: on CUDA a plain ``.to()`` of pageable memory waits
+    for the whole GPU queue to drain, so the CPU stops running ahead of a launch-heavy backward (the 4B
+    profile in docs/PERF.md counted ~16 such syncs per micro-batch pass); pinned + non_blocking does not."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def shared_prefix_logprobs(model, prompts: list[list[int]], rows: list[tuple[int, list[int]]], pad_id: int,
                            chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of completions that share prompts, each prompt run through the decoder once.
@@ -108,8 +117,12 @@ def shared_prefix_logprobs(model, prompts: list[list[int]], rows: list[tuple[int
     for k, i in enumerate(order):
         c = rows[i][1]
         c_ids[k, :len(c)], c_att[k, :len(c)] = torch.tensor(c), 1
+    r, c = c_att.bool().nonzero(as_tuple=True)  # on the host: no sync
+    back = torch.empty(len(rows), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(rows))
     p_len = torch.tensor([len(p) for p in prompts])
-    p_ids, p_att, c_ids, c_att = (t.to(device) for t in (p_ids, p_att, c_ids, c_att))
+    p_ids, p_att, c_ids, c_att, p_len, r, c, back = (to_device(t, device) for t in (p_ids, p_att, c_ids, c_att, p_len,
+                                                                                    r, c, back))
     out = decoder(input_ids=p_ids, attention_mask=p_att, use_cache=True)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     layers = getattr(cache, "layers", None)
@@ -119,17 +132,13 @@ def shared_prefix_logprobs(model, prompts: list[list[int]], rows: list[tuple[int
         layer.keys, layer.values = _repeat_rows(layer.keys, counts), _repeat_rows(layer.values, counts)
     cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
     hidden = decoder(input_ids=c_ids, attention_mask=torch.cat([_repeat_rows(p_att, counts), c_att], 1),
-                     position_ids=_repeat_rows(p_len.to(device), counts)[:, None] + torch.arange(Lc, device=device),
+                     position_ids=_repeat_rows(p_len, counts)[:, None] + torch.arange(Lc, device=device),
                      use_cache=True, **{cache_arg: cache}).last_hidden_state  # (B, Lc, H), prompt-sorted rows
     # completion token j is predicted by the hidden state before it: the prompt's last one for j = 0
-    last = out.last_hidden_state[torch.arange(len(prompts), device=device), p_len.to(device) - 1]  # (U, H)
+    last = out.last_hidden_state[torch.arange(len(prompts), device=device), p_len - 1]  # (U, H)
     pred = torch.cat([_repeat_rows(last, counts)[:, None], hidden[:, :-1]], 1)  # (B, Lc, H)
-    r, c = c_att.bool().nonzero(as_tuple=True)
     logp = torch.zeros(c_ids.shape, dtype=torch.float32, device=device)
     logp[r, c] = _lm_head_logp(model.get_output_embeddings(), pred[r, c], c_ids[r, c], chunk)
-    back = torch.empty(len(rows), dtype=torch.long)
-    back[torch.tensor(order)] = torch.arange(len(rows))
-    back = back.to(device)
     return logp[back], c_att[back]
 
 

@@ -41,7 +41,8 @@ from .env.grader import GraderPool, extract_code
 from .env.pool import TeacherPool, make_pairs
 from .env.problems import DATA_SEED, Problem, run_split  # noqa: F401 (DATA_SEED: train.DATA_SEED stays importable)
 from .env.prompts import render_prompt
-from .grpo import advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs
+from .grpo import (advantages, completion_logprobs, encode_completion, grpo_loss, make_batch, shared_prefix_logprobs,
+                   to_device)
 from .hack_subspace import HackBasis, extract_basis, fit_capture
 from .models import cache_dir, load_model, resolve_device
 from .preflight import check_checkpoint, preflight
@@ -565,31 +566,32 @@ def _backward(cfg: Config, s: Setup, prompt_ids: dict[int, list[int]], samples: 
     mods = s.adapter.modules
     for m in mods.values():  # a rank whose rows all have zero advantage still all-reduces
         m.delta_s.grad = torch.zeros_like(m.delta_s)
-    out = Losses(0.0, 0.0, len(keep), 0.0, 0, 0)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, kl_sum, ratio_sum, clipped, tokens
     for src in ("student", "teacher"):
         for ids, prompts, pairs in _chunks(cfg, samples, prompt_ids, keep, src == "student"):
-            a = adv[ids].to(device)
+            a = to_device(adv[ids], device)
             ref = None
             if cfg.beta > 0:
                 with torch.no_grad(), s.adapter.zeroed(), autocast(cfg, s):
                     ref, _ = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
             with autocast(cfg, s):
                 logp, mask = _logprobs(s, prompts, pairs, cfg.grad_checkpointing)
-            old_logp = logp.detach() if old is None else torch.stack(
-                [torch.nn.functional.pad(old[i], (0, logp.shape[1] - len(old[i]))) for i in ids]).to(device)
+            old_logp = logp.detach() if old is None else to_device(torch.stack(
+                [torch.nn.functional.pad(old[i], (0, logp.shape[1] - len(old[i]))) for i in ids]), device)
             loss, kl = grpo_loss(logp, old_logp, ref, a, mask, cfg.clip_eps, cfg.beta, cfg.loss_norm,
                                  cfg.max_new_tokens)
             scale = len(ids) / n_total  # every row's denominator is the global batch's
             (loss * scale).backward()
-            ratio = torch.exp(logp.detach() - old_logp)[mask.bool()]  # (completion tokens,)
-            out.loss += float(loss.detach()) * scale
-            out.kl_sum += float(kl) * len(ids)
-            out.ratio_sum, out.tokens = out.ratio_sum + float(ratio.sum()), out.tokens + ratio.numel()
-            out.clipped += int(((ratio - 1).abs() > cfg.clip_eps).sum())
+            valid = mask.bool()  # the sums stay on the device: no sync per micro-batch (see grpo.to_device)
+            ratio = torch.exp(logp.detach() - old_logp)
+            sums += torch.stack([loss.detach().double() * scale, kl.double() * len(ids),
+                                 torch.where(valid, ratio, 0).sum().double(),
+                                 (((ratio - 1).abs() > cfg.clip_eps) & valid).sum().double(), valid.sum().double()])
         if src == "student":
             g_student = {n: m.delta_s.grad.clone() for n, m in mods.items()}
     g_src = {"student": g_student, "teacher": {n: m.delta_s.grad - g_student[n] for n, m in mods.items()}}
-    return out, g_src
+    loss, kl_sum, ratio_sum, clipped, tokens = sums.tolist()
+    return Losses(loss, kl_sum, len(keep), ratio_sum, int(clipped), int(tokens)), g_src
 
 
 @torch.no_grad()
