@@ -674,12 +674,12 @@ TABLE_ROWS = {
 
 
 def table_bench(smoke: bool, ceil: dict, root: Path, name: str, P: int, G: int, Ts, budget, trl_steps: int = 2,
-                trl: bool = True):
+                trl: bool = True, n_rows: int | None = None):
     """Ours (the fast preset at full rank, rows of TABLE_ROWS) then TRL at each of ``Ts`` on one shape, in one
     process: the side-by-side table of issue 17. Each row starts from knobs zero and a fresh Updater."""
     import dataclasses
 
-    rows = TABLE_ROWS.get(name, TABLE_ROWS["smoke"])
+    rows = TABLE_ROWS.get(name, TABLE_ROWS["smoke"])[:n_rows]
     T0, m0, kf0 = rows[0]
     tr = Trainer(folder := model_folder(name, root, smoke), smoke, T0, None, P, G, micro=m0, knob_forward=kf0)
     record("setup", f"{name}: setup() + basis_for() on {tr.device}, full rank", setup_s=tr.setup_s, load_s=tr.load_s,
@@ -804,7 +804,10 @@ def profile_backward(tr: "Trainer", ceil: dict, name: str, out: str | None):
         wall = TIMES.get("fwd_bwd_s", time.perf_counter() - t)
     prof = profs[-1]
     ka = prof.key_averages()
-    busy = sum(_dev_time(e) for e in ka) / 1e6
+    from torch.autograd import DeviceType
+
+    busy = sum(_dev_time(e) for e in ka if e.device_type == DeviceType.CUDA) / 1e6  # kernels only: an op's
+    # own row repeats its kernels' time (summing every row counted it twice, as the session-4 profile did)
     key = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
     by_dev = ka.table(sort_by=key, row_limit=45) if torch.cuda.is_available() else ""
     by_cpu = ka.table(sort_by="self_cpu_time_total", row_limit=25)
@@ -991,6 +994,7 @@ def main():
     ap.add_argument("--profile-out", help="where --section profile (or full) writes the profiler tables")
     ap.add_argument("--no-eval", action="store_true", help="--section full: skip the evaluation and the projection")
     ap.add_argument("--no-trl", action="store_true", help="--section table: our rows only")
+    ap.add_argument("--table-rows", type=int, help="--section table: the first N of each shape's TABLE_ROWS")
     ap.add_argument("--models", default=os.environ.get("BENCH_MODELS", "/dev/shm/pgrpo-models"),
                     help="folder for the random-weight model folders")
     ap.add_argument("--budget-s", type=float, default=1e9,
@@ -1065,7 +1069,7 @@ def main():
                 record("table", name, skipped="device budget")
                 continue
             with section(f"table {name}"):
-                table_bench(smoke, ceil, root, name, P, G, Ts, budget, trl=not a.no_trl)
+                table_bench(smoke, ceil, root, name, P, G, Ts, budget, trl=not a.no_trl, n_rows=a.table_rows)
     if a.section == "full":  # --preset full at the last shape: no OOM, evaluation, the 200-step projection
         if budget(120):
             with section(f"full {shapes[-1]}"):
