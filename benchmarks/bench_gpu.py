@@ -403,7 +403,7 @@ class TextRewardGrader:
 
 # ---------------------------------------------------------------------------- timers around the trainer's own functions
 TIMES: dict[str, float] = {}
-SHAPES: list[tuple] = []  # one (U prompts, Lp, B rows, Lc, with grad) per micro-batch forward
+SHAPES: list[tuple] = []  # one (U prompts, Lp, B rows, Lc, completion tokens, with grad) per micro-batch forward
 
 
 def timed(key: str, fn):
@@ -455,27 +455,28 @@ def linear_flops(adapter, cfg_model, rank_note: str = "") -> tuple[float, float]
     return float(p_lin), float(p_knob)
 
 
-def train_flops(s, shapes: list[tuple], n_comp: int, merged: bool = False) -> float:
+def train_flops(s, shapes: list[tuple], merged: bool = False) -> float:
     """FLOPs the step's forward + input-gradient backward executes (base weights frozen): every adapted
     Linear with its knob branch (branch: 2·(W + r·(in+out)) forward and again backward per token; merged:
     2·W + 2·r·in forward, 2·W + 2·r·out backward), attention (fwd 4·q·k·heads·head_dim per layer, bwd 2×),
     and the LM head on completion tokens ×3 (forward, checkpointed recompute, backward). A no-grad pass (the
     β > 0 reference: knobs zeroed, the base model) counts its forward only: 2·W, attention, 2·LM head on its
-    (padded) completion tokens. Padded shapes count."""
+    completion tokens. Padded shapes count, except in the LM head (it runs on real completion tokens only).
+    (A no-grad pass with live knobs, π_old of --ppo-epochs on the branch, also runs the knob branch: not counted.)"""
     cfg = s.model.config
     nl, nh = cfg.num_hidden_layers, cfg.num_attention_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
     p_lin, p_knob = linear_flops(s.adapter, cfg)
     head = 2 * cfg.vocab_size * cfg.hidden_size
     tot = 0.0
-    for U, Lp, B, Lc, grad in shapes:
+    for U, Lp, B, Lc, n_comp, grad in shapes:
         tok = U * Lp + B * Lc
         attn = 4 * nl * nh * hd * (U * Lp * Lp + B * Lc * (Lp + Lc))
         if not grad:
-            tot += 2 * p_lin * tok + attn + head * B * Lc
+            tot += 2 * p_lin * tok + attn + head * n_comp
             continue
-        tot += (4 * p_lin + 2 * p_knob if merged else 4 * (p_lin + p_knob)) * tok + 3 * attn
-    return tot + 3 * head * n_comp
+        tot += (4 * p_lin + 2 * p_knob if merged else 4 * (p_lin + p_knob)) * tok + 3 * attn + 3 * head * n_comp
+    return tot
 
 
 class Trainer:
@@ -553,13 +554,16 @@ class Trainer:
         TIMES.clear()
         SHAPES.clear()
 
+        def n_real(pairs):  # completion tokens, teacher rows included: what the LM head runs on
+            return sum(len(c) for _, c in pairs)
+
         def shapes(s, prompts, pairs, one_pass):
             if one_pass:
                 L = max(len(prompts[pi]) + len(c) for pi, c in pairs)
-                SHAPES.append((0, 0, len(pairs), L, torch.is_grad_enabled()))
+                SHAPES.append((0, 0, len(pairs), L, n_real(pairs), torch.is_grad_enabled()))
             else:
                 SHAPES.append((len(prompts), max(map(len, prompts)), len(pairs), max(len(c) for _, c in pairs),
-                               torch.is_grad_enabled()))
+                               n_real(pairs), torch.is_grad_enabled()))
             return orig_lp(s, prompts, pairs, one_pass)
 
         orig_lp = tr._logprobs
@@ -574,7 +578,7 @@ class Trainer:
             row = tr.metrics_row(self.cfg, self.s, step, parts, diag, upd.lr, t0)
         n_tok = round(row["tokens_per_s"] * row["gen_time_s"]) if row.get("tokens_per_s") else 0
         fb = TIMES.get("fwd_bwd_s", float("nan"))
-        fl = train_flops(self.s, SHAPES, n_tok, merged=self.cfg.knob_forward == "merged")
+        fl = train_flops(self.s, SHAPES, merged=self.cfg.knob_forward == "merged")
         out = dict(step_s=row["step_time_s"], gen_s=row["gen_time_s"], grade_s=row["grade_time_s"], fwd_bwd_s=fb,
                    proj_s=TIMES.get("proj_s", 0.0), adamw_s=TIMES.get("adamw_s", 0.0),
                    completion_tokens=n_tok, tok_per_s=n_tok / row["step_time_s"],
@@ -994,13 +998,15 @@ def main():
     ap.add_argument("--profile-out", help="where --section profile (or full) writes the profiler tables")
     ap.add_argument("--no-eval", action="store_true", help="--section full: skip the evaluation and the projection")
     ap.add_argument("--no-trl", action="store_true", help="--section table: our rows only")
-    ap.add_argument("--table-rows", type=int, help="--section table: the first N of each shape's TABLE_ROWS")
+    ap.add_argument("--table-rows", type=int, help="--section table: the first N (>= 1) of each shape's TABLE_ROWS")
     ap.add_argument("--models", default=os.environ.get("BENCH_MODELS", "/dev/shm/pgrpo-models"),
                     help="folder for the random-weight model folders")
     ap.add_argument("--budget-s", type=float, default=1e9,
                     help="skip sections that would not finish within this many seconds of the start")
     ap.add_argument("--shapes", default="qwen3-0.6b,qwen3-1.7b,qwen3-4b")
     a = ap.parse_args()
+    if a.table_rows is not None and a.table_rows < 1:
+        ap.error("--table-rows must be >= 1")
     t_start = time.perf_counter()
 
     def budget(need: float) -> bool:

@@ -299,6 +299,10 @@ class Config:
             layer_ranges(self.layers)  # form and order; the model's layer count: preflight, then the adapter
         if self.run_dir is not None and not self.run_dir.strip():
             bad("--run-dir is empty; give a folder, or leave --run-dir out for runs/<arm>-s<seed>-<hash>")
+        # here, not only in the parser: sweep/study --set/--grid values reach every run only through validate()
+        if empty := [f.name for f in dataclasses.fields(self) if isinstance(v := getattr(self, f.name), str) and not v.strip()]:
+            bad(f"{', '.join('--' + n.replace('_', '-') for n in empty)} is empty; give a value or leave it out for "
+                f"its default")
         if self.warmup_steps > self.steps:
             bad(f"--warmup-steps {self.warmup_steps} is longer than the run (--steps {self.steps}): the learning rate "
                 f"would never reach --lr; lower --warmup-steps to at most --steps")

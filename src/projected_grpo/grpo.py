@@ -33,7 +33,8 @@ class Batch:
     completion_mask: torch.Tensor
 
     def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device))
+        device = torch.device(device)
+        return Batch(*(to_device(t, device) for t in (self.input_ids, self.attention_mask, self.completion_mask)))
 
     @property
     def completion_lengths(self) -> torch.Tensor:  # (B,)

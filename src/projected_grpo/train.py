@@ -107,7 +107,7 @@ def setup(cfg: Config, device, dtype, progress: Progress | None = None) -> Setup
         eval_problems, train_problems = run_split(cfg.dataset, cfg.modes, cfg.force_mode, cfg.max_problems,
                                                   cfg.eval_problems)  # synth: its held-out split
     except (ValueError, OSError) as e:
-        raise ConfigError(f"--dataset {cfg.dataset}: {e}") from e
+        raise ConfigError(f"--dataset {cfg.dataset!r}: {e}") from e
     if cfg.amp and torch.device(device).type == "cpu" and not _cpu_has_bf16():
         import warnings
 
@@ -585,7 +585,7 @@ def _backward(cfg: Config, s: Setup, prompt_ids: dict[int, list[int]], samples: 
             valid = mask.bool()  # the sums stay on the device: no sync per micro-batch (see grpo.to_device)
             ratio = torch.exp(logp.detach() - old_logp)
             sums += torch.stack([loss.detach().double() * scale, kl.double() * len(ids),
-                                 torch.where(valid, ratio, 0).sum().double(),
+                                 torch.where(valid, ratio, 0).sum(dtype=torch.float64),
                                  (((ratio - 1).abs() > cfg.clip_eps) & valid).sum().double(), valid.sum().double()])
         if src == "student":
             g_student = {n: m.delta_s.grad.clone() for n, m in mods.items()}

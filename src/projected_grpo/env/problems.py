@@ -286,7 +286,7 @@ def leetcode_problem(row: dict, lineno: int = 0) -> tuple[Problem, int]:
 
 def _leetcode(path: str) -> list[Problem]:
     if not path.strip():
-        raise ValueError("leetcode: needs the path of a JSONL file after the colon, e.g. leetcode:problems.jsonl")
+        raise ValueError("needs the path of a JSONL file after the colon, e.g. leetcode:problems.jsonl")
     if os.path.isdir(path):
         raise ValueError(f"{path} is a folder; leetcode: takes one JSONL file, e.g. leetcode:{path.rstrip('/')}/problems.jsonl")
     if not os.path.isfile(path):
@@ -447,7 +447,8 @@ def split_problems(problems: list[Problem], n_eval: int) -> tuple[list[Problem],
         train = [p for p in problems if p.split == "train"]
         if len(held) < n_eval or not train:
             raise ValueError(f"has {len(held)} held-out and {len(train)} training problems; need at least "
-                             f"{n_eval} held-out (--eval-problems) and one training problem")
+                             f"{n_eval} held-out (the evaluation problems) and one training problem; give more problems "
+                             f"(--max-problems) or evaluate on fewer")
         return held[:n_eval], train
     if len(problems) <= n_eval:
         raise ValueError(f"has {len(problems)} problems; need more than --eval-problems {n_eval}")

@@ -603,7 +603,7 @@ def parse_spec(spec: str) -> int:
         return 0
     tail = spec[len("synth:"):]
     if spec.startswith("synth:") and not tail.strip():
-        raise ValueError("synth: needs a seed after the colon, e.g. synth:1 (or plain synth for seed 0)")
+        raise ValueError("needs a seed after the colon, e.g. synth:1 (or plain synth for seed 0)")
     if not spec.startswith("synth:") or not tail.isdigit():
         raise ValueError(f"dataset {spec!r}: use synth or synth:SEED with a non-negative integer SEED")
     return int(tail)
