@@ -87,7 +87,7 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on ``device`` without a stream sync: on CUDA a plain ``.to()`` of pageable memory waits
     for the whole GPU queue to drain, so the CPU stops running ahead of a launch-heavy backward (the 4B
     profile in docs/PERF.md counted ~16 such syncs per micro-batch pass); pinned + non_blocking does not."""
-    if device.type != "cuda":
+    if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
 
