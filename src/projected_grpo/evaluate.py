@@ -426,7 +426,7 @@ def eval_command(a) -> int:
         probs = load_problems(dataset, seed=DATA_SEED, modes=modes, force_mode=cfg.force_mode if cfg else None,
                               max_problems=cfg.max_problems if cfg and dataset == cfg.dataset else None)
     except (ValueError, OSError) as e:
-        raise ConfigError(f"--dataset {dataset!r}: {e}") from e
+        raise ConfigError(f"--dataset {dataset.rstrip(':')}: {e}") from e
     if cfg is not None and dataset == cfg.dataset:  # the run's own held-out problems, split as the trainer splits
         try:
             probs = split_problems(probs, cfg.eval_problems)[0]

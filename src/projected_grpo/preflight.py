@@ -24,7 +24,7 @@ def preflight(cfg: Config) -> None:
         problems = load_problems(cfg.dataset, seed=DATA_SEED, modes=cfg.modes, force_mode=cfg.force_mode,
                                  max_problems=cfg.max_problems)
     except (ValueError, OSError) as e:
-        raise ConfigError(f"--dataset {cfg.dataset!r}: {e}") from None
+        raise ConfigError(f"--dataset {cfg.dataset.rstrip(':')}: {e}") from None
     if len(problems) <= cfg.eval_problems and not any(p.split for p in problems):  # synth: split_problems says
         raise ConfigError(f"--dataset {cfg.dataset} has {len(problems)} problems; need more than "
                           f"--eval-problems {cfg.eval_problems} (lower --eval-problems or raise --max-problems)")

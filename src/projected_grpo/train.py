@@ -107,7 +107,7 @@ def setup(cfg: Config, device, dtype, progress: Progress | None = None) -> Setup
         eval_problems, train_problems = run_split(cfg.dataset, cfg.modes, cfg.force_mode, cfg.max_problems,
                                                   cfg.eval_problems)  # synth: its held-out split
     except (ValueError, OSError) as e:
-        raise ConfigError(f"--dataset {cfg.dataset!r}: {e}") from e
+        raise ConfigError(f"--dataset {cfg.dataset.rstrip(':')}: {e}") from e
     if cfg.amp and torch.device(device).type == "cpu" and not _cpu_has_bf16():
         import warnings
 

@@ -34,7 +34,7 @@ def check(dataset: str = "builtin", *, max_problems: int | None = None, workers:
     try:
         probs = load_problems(dataset, seed=seed, max_problems=max_problems)
     except ValueError as e:
-        _print(f"error: --dataset {dataset!r}: {e}", sys.stderr)
+        _print(f"error: --dataset {dataset.rstrip(':')}: {e}", sys.stderr)
         return 2
     stats = dict(_problems.LAST_LOAD_STATS)
     modes = loopholes.names()
@@ -187,7 +187,7 @@ def grade(dataset: str, in_path: str, out_path: str | None = None, *, workers: i
     try:
         probs = {p.id: p for p in load_problems(dataset, seed=seed)}
     except ValueError as e:
-        _print(f"error: --dataset {dataset!r}: {e}", sys.stderr)
+        _print(f"error: --dataset {dataset.rstrip(':')}: {e}", sys.stderr)
         return 2
     try:
         src = open(Path(in_path).expanduser(), "rb")
