@@ -43,6 +43,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import ConfigError, layer_ranges, layers_beyond
 from .errors import UserError
 from .models import cache_dir
 
@@ -274,28 +275,6 @@ def _warn_low_precision_merge(modules: dict) -> None:
         _warned_merge = True
 
 
-def _layer_ranges(spec: str | None) -> list[tuple[int, int]] | None:
-    """``"10-20"`` / ``"0,5,9"`` / ``"0-3,8"`` → inclusive (first, last) layer ranges; None = all."""
-    if spec is None:
-        return None
-    out = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        a, _, b = part.partition("-")
-        lo, hi = int(a), int(b or a)
-        if lo > hi:  # config.layer_ranges refuses it first; a spec built in code gets the same line
-            raise AdapterError(f"--layers {spec}: range {part} is reversed; write {hi}-{lo}")
-        out.append((lo, hi))
-    return out
-
-
-def _span(ranges: list[tuple[int, int]]) -> str:
-    """[(2, 9), (12, 12)] → "2-9,12": missing layers in one short line, however many."""
-    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in ranges)
-
-
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
 
 
@@ -317,14 +296,16 @@ class SVDAdapter:
         rank: int | None = None,
         use_cache: bool = True,
     ) -> "SVDAdapter":
-        ranges, wanted_layers = _layer_ranges(layers), None
-        if ranges is not None:  # a layer the model lacks is a typo, not "adapt fewer layers" (preflight checks first)
+        wanted_layers = None
+        if layers is not None:  # config.validate and preflight check first; a spec built in code gets the same lines
             n = 1 + max((int(m.group(1)) for name, _ in model.named_modules() if (m := _LAYER_RE.search(f".{name}."))),
                         default=-1)
-            if beyond := [(max(a, n), b) for a, b in ranges if b >= n]:
-                raise AdapterError(f"--layers {layers}: the model has " + (f"layers 0-{n - 1}" if n else "no numbered "
-                                   "decoder layers") + f"; layer(s) {_span(beyond)} do not exist (pick --layers within "
-                                   "them, or leave it out for all)")
+            try:
+                ranges, error = layer_ranges(layers), layers_beyond(layers, n)
+            except ConfigError as e:
+                raise AdapterError(str(e)) from None
+            if error:
+                raise AdapterError(error)
             wanted_layers = {i for a, b in ranges for i in range(a, b + 1)}  # bounded by the model's layer count now
         found: dict[str, KnobLinear] = {}
         for name, mod in list(model.named_modules()):

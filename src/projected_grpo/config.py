@@ -297,8 +297,6 @@ class Config:
             bad(f"--device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.layers is not None:
             layer_ranges(self.layers)  # form and order; the model's layer count: preflight, then the adapter
-        if self.run_dir is not None and not self.run_dir.strip():
-            bad("--run-dir is empty; give a folder, or leave --run-dir out for runs/<arm>-s<seed>-<hash>")
         # here, not only in the parser: sweep/study --set/--grid values reach every run only through validate()
         if empty := [f.name for f in dataclasses.fields(self) if isinstance(v := getattr(self, f.name), str) and not v.strip()]:
             bad(f"{', '.join('--' + n.replace('_', '-') for n in empty)} is empty; give a value or leave it out for "
@@ -410,6 +408,18 @@ def layer_ranges(spec: str) -> list[tuple[int, int]]:
             raise ConfigError(f"--layers {spec}: range {part.strip()} is reversed; write {hi}-{lo}")
         out.append((lo, hi))
     return out
+
+
+def layers_beyond(spec: str, n_layers: int) -> str | None:
+    """The one-line error for a --layers ``spec`` naming layers that a model of ``n_layers`` decoder layers lacks
+    (a typo, not "adapt fewer layers"); None when they all exist."""
+    beyond = [(max(a, n_layers), b) for a, b in layer_ranges(spec) if b >= n_layers]
+    if not beyond:
+        return None
+    have = f"layers 0-{n_layers - 1}" if n_layers else "no numbered decoder layers"
+    span = ",".join(f"{a}-{b}" if b > a else str(a) for a, b in beyond)
+    return (f"--layers {spec}: the model has {have}; layer(s) {span} do not exist (pick --layers within them, or "
+            f"leave it out for all)")
 
 
 def config_from_dict(d: dict) -> Config:

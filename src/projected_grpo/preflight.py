@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Config, ConfigError, layer_ranges
+from .config import Config, ConfigError, layers_beyond
 from .env.pool import TeacherPool
 from .env.problems import DATA_SEED, load_problems, split_problems
 from .models import check_model
@@ -68,10 +68,8 @@ def check_layers(spec: str, hf_cfg) -> None:
     n = getattr(_text_config(hf_cfg), "num_hidden_layers", None)
     if not isinstance(n, int) or n <= 0:
         return
-    if beyond := [(max(a, n), b) for a, b in layer_ranges(spec) if b >= n]:
-        span = ",".join(f"{a}-{b}" if b > a else str(a) for a, b in beyond)
-        raise ConfigError(f"--layers {spec}: the model has layers 0-{n - 1}; layer(s) {span} do not exist (pick "
-                          f"--layers within them, or leave it out for all)")
+    if error := layers_beyond(spec, n):
+        raise ConfigError(error)
 
 
 def check_checkpoint(ckpt: Path) -> None:

@@ -207,7 +207,8 @@ def resolve(flags: Any) -> Any:
     workers = int(flags.workers) if flags.workers is not None else (len(gpus) if gpus else max(1, cpus // 2))
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    sandbox = int(flags.sandbox_workers) if flags.sandbox_workers is not None else min(MAX_SANDBOX_WORKERS, max(1, cpus // workers - 1))
+    sandbox = (int(flags.sandbox_workers) if flags.sandbox_workers is not None
+               else min(MAX_SANDBOX_WORKERS, max(1, cpus // workers - 1)))
     if not 0 <= sandbox <= MAX_SANDBOX_WORKERS:  # else every run would fail on it, one by one, after the plan
         raise ConfigError(f"--sandbox-workers must be in [0, {MAX_SANDBOX_WORKERS}] (0 = one per CPU core), got {sandbox}")
     if flags.cpus_per_run is not None and not (math.isfinite(flags.cpus_per_run) and flags.cpus_per_run > 0):
