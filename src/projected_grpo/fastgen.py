@@ -500,9 +500,7 @@ def rows_per_batch(n_rows: int, tokens_per_row: int, kv_bytes_per_token: int, fr
 
 
 def kv_bytes_per_token(model) -> int:
-    """K and V bytes one token adds to the cache (all layers)."""
-    cfg = model.config
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * hd * next(model.parameters()).element_size()
+    """K and V bytes one token adds to the cache (all layers): Spec.kv_bytes_per_token of ``model``."""
+    return model_spec(model).kv_bytes_per_token
 
 
